@@ -1,0 +1,3 @@
+from spcs_registry_agent.cli import main
+
+main()
