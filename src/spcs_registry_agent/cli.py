@@ -1,0 +1,228 @@
+"""Command line: click commands and their options, nothing else.
+
+The one-shot commands import only what they use: the connector when they
+talk to Snowflake, never the Docker SDK or the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from spcs_registry_agent import __version__
+from spcs_registry_agent.errors import AgentError, ConfigError
+
+if TYPE_CHECKING:
+    from spcs_registry_agent.connections import ResolvedConnection
+    from spcs_registry_agent.snowflake import Session
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Connection flags: (option names, connection key, help). Same names and
+#: aliases as `snow`, so existing command lines work unchanged.
+_CONNECTION_FLAGS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("--host",), "host", "Host address for the connection."),
+    (("--port",), "port", "Port for the connection."),
+    (("--protocol",), "protocol", "Protocol for the connection, for example `https`."),
+    (("--account", "--accountname"), "account", "Name assigned to your Snowflake account."),
+    (("--user", "--username"), "user", "Username to connect to Snowflake."),
+    (("--password",), "password", "Snowflake password."),
+    (("--authenticator",), "authenticator", "Snowflake authenticator."),
+    (
+        ("--workload-identity-provider",),
+        "workload_identity_provider",
+        "Workload identity provider (AWS, AZURE, GCP, OIDC).",
+    ),
+    (
+        ("--private-key-file", "--private-key-path"),
+        "private_key_file",
+        "Snowflake private key file path.",
+    ),
+    (("--token",), "token", "OAuth token to use when connecting to Snowflake."),
+    (("--token-file-path",), "token_file_path", "Path to a file with an OAuth token."),
+    (("--database", "--dbname"), "database", "Database to use."),
+    (("--schema", "--schemaname"), "schema", "Database schema to use."),
+    (("--role", "--rolename"), "role", "Role to use."),
+    (("--warehouse",), "warehouse", "Warehouse to use."),
+    (("--mfa-passcode",), "mfa_passcode", "Token to use for multi-factor authentication (MFA)."),
+    (("--diag-log-path",), "diag_log_path", "Diagnostic report path."),
+    (("--diag-allowlist-path",), "diag_allowlist_path", "Diagnostic report allowlist path."),
+)
+
+
+def connection_options(command: F) -> F:
+    """The options of `snow`'s connection panel; values land in `options`."""
+    for names, key, help_text in reversed(_CONNECTION_FLAGS):
+        command = click.option(
+            *names,
+            key,
+            type=int if key == "port" else str,
+            default=None,
+            help=f"{help_text} Overrides the value specified for the connection.",
+        )(command)
+    command = click.option(
+        "--enable-diag",
+        "enable_diag",
+        is_flag=True,
+        default=None,
+        help="Run the connector's connection diagnostic test.",
+    )(command)
+    command = click.option(
+        "--temporary-connection",
+        "-x",
+        "temporary_connection",
+        is_flag=True,
+        help="Use a connection defined by command-line parameters instead of one from config.",
+    )(command)
+    return click.option(
+        "--connection",
+        "-c",
+        "--environment",
+        "connection",
+        default=None,
+        help="Name of the connection, as defined in your config.toml. Default: default.",
+    )(command)
+
+
+def output_options(command: F) -> F:
+    """`--format` and the logging switches shared by every command."""
+    from spcs_registry_agent.logs import LOG_FORMATS
+    from spcs_registry_agent.output import OUTPUT_FORMATS
+
+    for decorator in (
+        click.option(
+            "--log-format",
+            type=click.Choice(LOG_FORMATS, case_sensitive=False),
+            default="auto",
+            show_default=True,
+            help="Logs on stderr: console on a terminal, JSON lines otherwise.",
+        ),
+        click.option("--silent", is_flag=True, help="Turn off all output but the result."),
+        click.option("--debug", is_flag=True, help="Show log entries from debug level up."),
+        click.option("--verbose", "-v", is_flag=True, help="Show log entries from info level up."),
+        click.option(
+            "--format",
+            "output_format",
+            type=click.Choice(OUTPUT_FORMATS, case_sensitive=False),
+            default="TABLE",
+            help="Specifies the output format.",
+        ),
+    ):
+        command = decorator(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="spcs-registry-agent")
+def cli() -> None:
+    """Keep Docker logged in to Snowflake's container image registry."""
+
+
+@cli.command()
+@connection_options
+@output_options
+def token(**options: Any) -> None:
+    """Print a registry token, as `snow spcs image-registry token` does."""
+    _configure_logging(options)
+    session = _login(options)
+    try:
+        issued = session.issue_token()
+    finally:
+        session.close()
+    _print(issued.as_dict(), options)
+
+
+@cli.command()
+@click.option("--private-link", is_flag=True, help="Print the private-link registry host.")
+@connection_options
+@output_options
+def url(private_link: bool, **options: Any) -> None:
+    """Print the registry host, as `snow spcs image-registry url` does."""
+    _configure_logging(options)
+    session = _login(options)
+    try:
+        host = session.registry_host(private_link=private_link)
+    finally:
+        session.close()
+    _print_message(host, options)
+
+
+def _configure_logging(options: dict[str, Any]) -> None:
+    from spcs_registry_agent import logs
+
+    if options["verbose"] and options["debug"]:
+        raise ConfigError("--verbose and --debug cannot be used together")
+    if options["silent"]:
+        level = logs.SILENT
+    elif options["debug"]:
+        level = logging.DEBUG
+    elif options["verbose"]:
+        level = logging.INFO
+    else:
+        level = logging.ERROR
+    logs.configure(level, options["log_format"].lower())
+
+
+def _connection(options: dict[str, Any]) -> ResolvedConnection:
+    """Files, environment and flags -> the connection, as snowflake-cli resolves it."""
+    from spcs_registry_agent.connections import load_connection_files, resolve_connection
+
+    flags = {key: options[key] for _, key, _ in _CONNECTION_FLAGS}
+    flags["enable_diag"] = options["enable_diag"]
+    env = dict(os.environ)
+    return resolve_connection(
+        load_connection_files(env, Path.home()),
+        name=options["connection"],
+        flags=flags,
+        env=env,
+        temporary=options["temporary_connection"],
+    )
+
+
+def _login(options: dict[str, Any]) -> Session:
+    from spcs_registry_agent.snowflake import Session
+
+    return Session.login(_connection(options))
+
+
+def _print(result: dict[str, Any], options: dict[str, Any]) -> None:
+    from spcs_registry_agent.output import render
+
+    click.echo(render(result, options["output_format"].upper()))
+
+
+def _print_message(message: str, options: dict[str, Any]) -> None:
+    """A bare line in TABLE format; `{"message": ...}` in JSON, as snow prints it."""
+    from spcs_registry_agent.output import render_json
+
+    if options["output_format"].upper() == "JSON":
+        click.echo(render_json({"message": message}))
+    else:
+        click.echo(message)
+
+
+def main() -> None:
+    """Console entry point: every failure is one line on stderr and an exit code."""
+    try:
+        code = cli.main(prog_name="spcs-registry-agent", standalone_mode=False)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        _fail("aborted", 1)
+    except AgentError as exc:
+        _fail(str(exc), exc.exit_code)
+    except Exception as exc:
+        logging.getLogger(__name__).debug("internal error", exc_info=True)
+        _fail(f"internal error: {type(exc).__name__} (run with --debug for details)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, exit_code: int) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(exit_code)
