@@ -30,7 +30,8 @@ LOG_FORMATS = ("auto", "console", "json")
 ON_EXIT = ("keep", "revoke")
 MAX_HEARTBEAT = 30.0
 
-# Connection keys an inline [registry.connection] table may carry (snowflake-cli's names).
+# Connection keys an inline [registry.connection] table may carry: snowflake-cli's connection
+# flags, resolved like `-x/--temporary-connection` (plus generic SNOWFLAKE_* env).
 CONNECTION_KEYS = frozenset(
     {
         "account",
@@ -40,30 +41,18 @@ CONNECTION_KEYS = frozenset(
         "port",
         "protocol",
         "authenticator",
+        "workload_identity_provider",
         "private_key_file",
-        "private_key_path",
-        "private_key_file_pwd",
         "token",
         "token_file_path",
         "database",
         "schema",
         "role",
         "warehouse",
-        "region",
-        "workload_identity_provider",
-        "oauth_client_id",
-        "oauth_client_secret",
-        "oauth_authorization_url",
-        "oauth_token_request_url",
-        "oauth_redirect_uri",
-        "oauth_scope",
-        "client_store_temporary_credential",
     }
 )
-SECRET_CONNECTION_KEYS = frozenset(
-    {"password", "private_key_file_pwd", "token", "oauth_client_secret"}
-)
-PATH_CONNECTION_KEYS = frozenset({"private_key_file", "private_key_path", "token_file_path"})
+SECRET_CONNECTION_KEYS = frozenset({"password", "token"})
+PATH_CONNECTION_KEYS = frozenset({"private_key_file", "token_file_path"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
 
 ConnectionValue = str | int | bool
@@ -260,8 +249,6 @@ def _inline_connection(
             items.append((key, str(check.path(value, key_path))))
         elif key == "port":
             items.append((key, int(check.number(value, key_path, 1, 65535))))
-        elif key == "client_store_temporary_credential":
-            items.append((key, check.boolean(value, key_path)))
         else:
             items.append((key, check.string(value, key_path)))
     secrets = SECRET_CONNECTION_KEYS.intersection(table)
