@@ -285,7 +285,7 @@ def test_nothing_configured_serves_the_default_connection() -> None:
 
 def test_inline_keys_are_connection_flags() -> None:
     assert CONNECTION_KEYS <= FLAG_KEYS
-    assert SECRET_CONNECTION_KEYS == {k for k in CONNECTION_KEYS if is_secret_key(k)}
+    assert {k for k in CONNECTION_KEYS if is_secret_key(k)} == SECRET_CONNECTION_KEYS
 
 
 def test_example_config_loads_and_documents_every_key() -> None:
