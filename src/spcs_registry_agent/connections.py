@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from spcs_registry_agent.errors import ConfigError
+from spcs_registry_agent.logs import MASK
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +35,6 @@ log = structlog.get_logger(__name__)
 
 CONFIG_FILE = "config.toml"
 CONNECTIONS_FILE = "connections.toml"
-MASK = "****"
 
 #: Keys the CLI may pass in `flags` (value None = flag not given). Connection keys use
 #: the connector's names: --accountname -> account, --username -> user, --dbname ->
@@ -127,11 +127,9 @@ _FILE_ALIASES = {
     "oatuh_enable_pkce": "oauth_enable_pkce",
     "private_key_file_pwd": "private_key_passphrase",
 }
-# snow_connector.CONNECTION_KEY_ALIASES (file keys, flags and generic env).
-_ALIASES = {
-    "private_key_path": "private_key_file",
-    "private_key_file_pwd": "private_key_passphrase",
-}
+# snow_connector.CONNECTION_KEY_ALIASES (file keys, flags and generic env); its other entry,
+# private_key_file_pwd, has already become private_key_passphrase through _FILE_ALIASES.
+_ALIASES = {"private_key_path": "private_key_file"}
 # snow_connector.SUPPORTED_ENV_OVERRIDES: SNOWFLAKE_<KEY> fills these when nothing else did.
 _GENERIC_ENV_KEYS = (
     "account",
