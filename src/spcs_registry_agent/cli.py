@@ -186,9 +186,10 @@ def _connection(options: dict[str, Any]) -> ResolvedConnection:
 
 
 def _login(options: dict[str, Any]) -> Session:
+    connection = _connection(options)  # before importing the connector: bad input fails fast
     from spcs_registry_agent.snowflake import Session
 
-    return Session.login(_connection(options))
+    return Session.login(connection)
 
 
 def _print(result: dict[str, Any], options: dict[str, Any]) -> None:

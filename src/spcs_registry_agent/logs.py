@@ -25,7 +25,7 @@ SILENT = logging.CRITICAL + 10
 
 MASK = "****"
 
-#: Third-party loggers that only speak at DEBUG: below it they are held at WARNING.
+#: Third-party loggers, held back unless --debug (see `configure`).
 _NOISY_LOGGERS = ("snowflake", "urllib3", "botocore", "boto3", "docker", "apscheduler", "filelock")
 
 _SECRET_KEY = re.compile(
@@ -116,7 +116,14 @@ def configure(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
-    third_party_level = level if level <= logging.DEBUG else max(level, logging.WARNING)
+    # The connector speaks at --debug; at --verbose its warnings; otherwise our own
+    # one-line errors say what failed and its ERROR lines would only repeat them.
+    if level <= logging.DEBUG:
+        third_party_level = level
+    elif level <= logging.INFO:
+        third_party_level = logging.WARNING
+    else:
+        third_party_level = SILENT
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(third_party_level)
     logging.captureWarnings(True)
@@ -137,4 +144,3 @@ def _renderer(log_format: LogFormat, stream: TextIO) -> list[Processor]:
         ),
         structlog.processors.JSONRenderer(),
     ]
-

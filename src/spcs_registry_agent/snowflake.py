@@ -8,6 +8,7 @@ agent sees a kept session that issues registry tokens.
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -21,9 +22,9 @@ import snowflake.connector
 import structlog
 from snowflake.connector.errors import Error as ConnectorError
 
-from spcs_registry_agent import logs
-from spcs_registry_agent.connections import ResolvedConnection
-from spcs_registry_agent.errors import AgentError, ConfigError
+from spcs_registry_agent import logs, private_keys
+from spcs_registry_agent.connections import ResolvedConnection, is_secret_key
+from spcs_registry_agent.errors import AgentError
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +38,7 @@ SESSION_GONE_CODES = frozenset({390111, 390112, 390113, 390114, 390115})
 
 _SCHEMA_REPOSITORIES = "show image repositories in schema snowflake.images"
 _ACCOUNT_REPOSITORIES = "show image repositories in account"
+_ERROR_PREFIX = re.compile(r"^\d{6} \(\w+\): ")
 _CONNECTOR_MAJOR = int(snowflake.connector.__version__.split(".")[0])
 
 
@@ -87,7 +89,9 @@ class Session:
 
     @classmethod
     def login(cls, connection: ResolvedConnection, *, login_timeout: float = 60.0) -> Session:
-        name = connection.name or "temporary connection"
+        name = (
+            "temporary connection" if connection.name is None else f"connection {connection.name!r}"
+        )
         kwargs = _connect_arguments(connection.params, login_timeout)
         log.info("snowflake_login", connection=name)
         started = time.monotonic()
@@ -174,12 +178,17 @@ def _connect_arguments(params: Mapping[str, Any], login_timeout: float) -> dict[
     """Connector keyword arguments: the resolved connection plus what keeps tokens alive."""
     kwargs = dict(params)
     key_file = kwargs.pop("private_key_file", None)
+    key_text = kwargs.pop("private_key_raw", None)
     passphrase = kwargs.pop("private_key_file_pwd", None)
     if key_file is not None:
-        kwargs["private_key"] = load_private_key(Path(key_file), passphrase)
-    for value in (kwargs.get("password"), kwargs.get("token"), passphrase):
-        if value:
-            logs.register_secret(str(value))
+        kwargs["private_key"] = private_keys.read_key_file(Path(key_file), passphrase)
+    elif key_text is not None:
+        kwargs["private_key"] = private_keys.key_to_der(
+            str(key_text).encode(), passphrase, "private_key_raw"
+        )
+    for key, value in kwargs.items():
+        if value and is_secret_key(key) and isinstance(value, str):
+            logs.register_secret(value)
     kwargs.setdefault("login_timeout", int(login_timeout))
     kwargs.setdefault("application", "spcs-registry-agent")
     # Never delete the session on close: it would revoke the token handed to Docker.
@@ -188,31 +197,6 @@ def _connect_arguments(params: Mapping[str, Any], login_timeout: float) -> dict[
     if _CONNECTOR_MAJOR >= 5:
         kwargs.setdefault("enable_server_session_keep_alive_auto_detection", False)
     return kwargs
-
-
-def load_private_key(path: Path, passphrase: str | None) -> bytes:
-    """Read a PKCS#8 key file into DER, so a bad file or passphrase is a usage error."""
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        pem = path.expanduser().read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read private key file {path}: {exc.strerror}") from None
-    logs.register_secret(pem.decode("ascii", "replace").strip())
-    password = passphrase.encode() if passphrase else None
-    try:
-        key = serialization.load_pem_private_key(pem, password=password)
-    except TypeError:
-        reason = "it is encrypted and no passphrase was given" if password is None else "it is not"
-        raise ConfigError(f"private key file {path}: passphrase given but {reason}") from None
-    except ValueError:
-        detail = "wrong passphrase or not a PEM private key" if password else "not a PEM private key"
-        raise ConfigError(f"private key file {path}: {detail}") from None
-    return key.private_bytes(
-        encoding=serialization.Encoding.DER,
-        format=serialization.PrivateFormat.PKCS8,
-        encryption_algorithm=serialization.NoEncryption(),
-    )
 
 
 def _host_of(url: str) -> str:
@@ -237,8 +221,10 @@ def _connector_errors(name: str, action: str) -> Iterator[None]:
 
 
 def _classify(name: str, action: str, errno: int | None, message: str) -> SnowflakeError:
-    first_line = " ".join(str(message).split())
-    text = f"{name}: {action}: {first_line}" + (f" ({errno})" if errno and errno > 0 else "")
+    # Connector messages may start with "390100 (28000): " and span lines.
+    reason = _ERROR_PREFIX.sub("", " ".join(str(message).split()))
+    code = f" (code {errno})" if errno and errno > 0 and str(errno) not in reason else ""
+    text = f"{name}: {action}: {reason}{code}"
     if errno in SESSION_GONE_CODES:
         return SessionGoneError(text)
     return SnowflakeError(text)
