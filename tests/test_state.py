@@ -17,6 +17,7 @@ from spcs_registry_agent.state import (
     read_states,
     remove_state,
     state_path,
+    status_rows,
     to_json,
     write_state,
 )
@@ -138,3 +139,22 @@ def test_health_means_unexpired_credentials() -> None:
     assert all_healthy([sample("a"), sample("b")], T0)
     assert not all_healthy([sample("a"), sample("b", expires_at=T0 - 1)], T0)
     assert not all_healthy([], T0)
+
+
+def test_status_rows_show_expiry_and_health() -> None:
+    rows = status_rows([sample("a"), sample("b", expires_at=T0 - 1, failures=2)], T0)
+    assert [r["target"] for r in rows] == ["a", "b"]
+    assert list(rows[0]) == [
+        "target",
+        "registry",
+        "connection",
+        "expires_at",
+        "last_refresh",
+        "next_refresh",
+        "failures",
+        "last_error",
+        "healthy",
+    ]
+    assert rows[0]["expires_at"] == "2027-01-15T09:00:00+00:00"
+    assert (rows[0]["healthy"], rows[1]["healthy"]) == (True, False)
+    assert rows[1]["failures"] == 2

@@ -20,6 +20,7 @@ Why the details matter:
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import select
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 STOP_BUDGET = 5.0  # SIGTERM to exit, seconds: systemd's and CI runners' patience is short
+EXIT_GRACE = 1.5  # after stop(), how long an in-flight refresh may take before we leave it
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -637,3 +639,24 @@ def _reload(agent: Agent, load: Callable[[], AgentConfig]) -> None:
 
 def _ignore(signum: int, frame: Any) -> None:
     """A handler must be installed for set_wakeup_fd to see the signal; the loop acts on it."""
+
+
+def serve(
+    config: AgentConfig, load: Callable[[], AgentConfig], env: Mapping[str, str], home: Path
+) -> int:
+    """`run`: the real agent until a signal stops it; returns the exit code.
+
+    A refresh stuck in a network call cannot be interrupted and its worker thread would hold
+    the interpreter open, so after a grace period the process leaves without it - credential
+    writes are closed by then, so nothing is cut in half.
+    """
+    agent = Agent(config, LiveBackend(env, home), env=env, home=home)
+    code = run_until_signalled(agent, load)
+    deadline = time.monotonic() + EXIT_GRACE
+    while agent.busy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if agent.busy():
+        log.warning("exit_abandoning_refresh", reason="a network call is still in flight")
+        logging.shutdown()
+        os._exit(code)
+    return code

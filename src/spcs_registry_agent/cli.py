@@ -153,6 +153,114 @@ def url(private_link: bool, **options: Any) -> None:
     _print_message(host, options)
 
 
+_CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Agent config file. Default: $XDG_CONFIG_HOME/spcs-registry-agent/config.toml.",
+)
+_STATE_DIR_OPTION = click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="State directory. Default: $STATE_DIRECTORY, else ~/.local/state/spcs-registry-agent.",
+)
+
+
+@cli.command()
+@_CONFIG_OPTION
+@click.option(
+    "--connection",
+    "-c",
+    "connections",
+    multiple=True,
+    help="A snowflake-cli connection to keep logged in (repeatable); replaces the file's.",
+)
+@click.option(
+    "--docker-config",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Docker config directory. Default: $DOCKER_CONFIG, else ~/.docker.",
+)
+@click.option(
+    "--verify",
+    type=click.Choice(("auto", "engine", "registry", "none")),
+    default=None,
+    help="How to check new credentials before writing them. Default: auto.",
+)
+@_STATE_DIR_OPTION
+@click.option(
+    "--log-format",
+    type=click.Choice(("auto", "console", "json"), case_sensitive=False),
+    default=None,
+    help="Logs on stderr: console on a terminal, JSON lines otherwise.",
+)
+@click.option("--debug", is_flag=True, help="Show log entries from debug level up.")
+def run(
+    config_path: Path | None,
+    connections: tuple[str, ...],
+    docker_config: Path | None,
+    verify: str | None,
+    state_dir: Path | None,
+    log_format: str | None,
+    debug: bool,
+) -> None:
+    """Keep every configured registry logged in until stopped (SIGHUP reloads the config)."""
+    from spcs_registry_agent import logs
+    from spcs_registry_agent.agent import serve
+    from spcs_registry_agent.config import AgentConfig, load_config, with_flags
+
+    env = dict(os.environ)
+    home = Path.home()
+
+    def load() -> AgentConfig:
+        return with_flags(
+            load_config(config_path, env=env, home=home),
+            connections=connections,
+            docker_config=docker_config,
+            verify=verify,
+            log_format=log_format.lower() if log_format else None,
+            state_dir=state_dir,
+        )
+
+    config = load()
+    logs.configure(logging.DEBUG if debug else logging.INFO, config.log_format)  # type: ignore[arg-type]
+    sys.exit(serve(config, load, env, home))
+
+
+@cli.command()
+@_CONFIG_OPTION
+@_STATE_DIR_OPTION
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(("TABLE", "JSON"), case_sensitive=False),
+    default="TABLE",
+    help="Specifies the output format.",
+)
+def status(config_path: Path | None, state_dir: Path | None, output_format: str) -> None:
+    """Show what the running agent holds; exit 0 only if every target has valid credentials."""
+    import time
+
+    from spcs_registry_agent.config import default_state_dir, load_config
+    from spcs_registry_agent.output import render
+    from spcs_registry_agent.state import all_healthy, read_states, status_rows
+
+    env = dict(os.environ)
+    home = Path.home()
+    if state_dir is None:
+        state_dir = load_config(config_path, env=env, home=home).state_dir
+    directory = state_dir or default_state_dir(env, home)
+    states = read_states(directory)
+    now = time.time()
+    click.echo(render(status_rows(states, now), output_format.upper()))
+    if not states:
+        click.echo(f"no agent state in {directory}: is the agent running?", err=True)
+    if not all_healthy(states, now):
+        raise click.exceptions.Exit(1)
+
+
 def _configure_logging(options: dict[str, Any]) -> None:
     from spcs_registry_agent import logs
 

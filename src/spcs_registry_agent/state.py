@@ -131,6 +131,27 @@ def read_states(state_dir: Path) -> list[TargetState]:
     return sorted(states, key=lambda state: state.name)
 
 
+def status_rows(states: Iterable[TargetState], now: float) -> list[dict[str, Any]]:
+    """What `status` prints per target: the file's fields (pid and bookkeeping aside) + health."""
+    rows = []
+    for state in states:
+        data = to_json(state)
+        rows.append(
+            {
+                "target": data["name"],
+                "registry": data["registry"],
+                "connection": data["connection"],
+                "expires_at": data["expires_at"],
+                "last_refresh": data["last_refresh"],
+                "next_refresh": data["next_refresh"],
+                "failures": data["failures"],
+                "last_error": data["last_error"],
+                "healthy": state.healthy(now),
+            }
+        )
+    return rows
+
+
 def all_healthy(states: Iterable[TargetState], now: float) -> bool:
     """True when there is at least one target and every one holds unexpired credentials."""
     states = list(states)
