@@ -21,6 +21,7 @@ from spcs_registry_agent.errors import AgentError, ConfigError
 if TYPE_CHECKING:
     from spcs_registry_agent.connections import ResolvedConnection
     from spcs_registry_agent.snowflake import Session
+    from spcs_registry_agent.verify import VerifyMode
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -151,6 +152,111 @@ def url(private_link: bool, **options: Any) -> None:
     finally:
         session.close()
     _print_message(host, options)
+
+
+def docker_options(command: F) -> F:
+    """Where credentials go (`--registry`, `--private-link`, `--docker-config`)."""
+    for decorator in (
+        click.option(
+            "--docker-config",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Docker config directory. Default: $DOCKER_CONFIG, else ~/.docker.",
+        ),
+        click.option("--private-link", is_flag=True, help="Use the private-link registry host."),
+        click.option(
+            "--registry",
+            metavar="HOST",
+            default=None,
+            help="Registry host[:port]. Default: discovered through the connection.",
+        ),
+    ):
+        command = decorator(command)
+    return command
+
+
+def _verify_option(command: F) -> F:
+    from spcs_registry_agent.verify import VERIFY_MODES
+
+    return click.option(
+        "--verify",
+        type=click.Choice(VERIFY_MODES),
+        default="auto",
+        show_default=True,
+        help="Check the stored credentials through the Docker engine, the registry's own "
+        "token handshake (no engine needed), the engine when one answers (auto), or not.",
+    )(command)
+
+
+@cli.command()
+@docker_options
+@_verify_option
+@connection_options
+@output_options
+def login(
+    registry: str | None,
+    private_link: bool,
+    docker_config: Path | None,
+    verify: VerifyMode,
+    **options: Any,
+) -> None:
+    """Issue a registry token and store it where Docker reads credentials."""
+    from spcs_registry_agent import docker_credentials
+    from spcs_registry_agent import verify as checks
+
+    _configure_logging(options)
+    session = _login(options)
+    try:
+        issued = session.issue_token()
+        host = registry or session.registry_host(private_link=private_link)
+    finally:
+        session.close()  # never a logout: the session must live on for the token to work
+    config_dir = docker_credentials.docker_config_dir(docker_config, os.environ, Path.home())
+    password = issued.docker_password()
+    sink = docker_credentials.store_credentials(host, password, config_dir)
+    checked = checks.verify_credentials(
+        host, docker_credentials.USERNAME, password, verify, env=os.environ
+    )
+    _log().info(
+        "docker_login_done",
+        registry=host,
+        sink=sink,
+        verified=checked,
+        expires_in=issued.expires_in,
+    )
+    _print_message("Login Succeeded", options)
+
+
+@cli.command()
+@docker_options
+@connection_options
+@output_options
+def logout(
+    registry: str | None, private_link: bool, docker_config: Path | None, **options: Any
+) -> None:
+    """Remove the credentials `login` stored for the registry (and nothing else)."""
+    from spcs_registry_agent import docker_credentials
+
+    _configure_logging(options)
+    config_dir = docker_credentials.docker_config_dir(docker_config, os.environ, Path.home())
+    host = registry
+    if host is None:
+        session = _login(options)
+        try:
+            host = session.registry_host(private_link=private_link)
+        finally:
+            session.close()
+    erased = docker_credentials.erase_credentials(host, config_dir)
+    _print_message(
+        f"Removing login credentials for {host}" if erased else f"Not logged in to {host}",
+        options,
+    )
+
+
+def _log() -> Any:
+    import structlog
+
+    return structlog.get_logger(__name__)
 
 
 _CONFIG_OPTION = click.option(
