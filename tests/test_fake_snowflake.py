@@ -369,6 +369,7 @@ def test_revoked_session_needs_a_new_login(fake_snowflake: FakeSnowflake) -> Non
     conn.close()
 
     assert caught.value.errno == 390111
+    assert fake_snowflake.queries == [SHOW_ACCOUNT]
     assert not fake_snowflake.registry_password_is_valid(password)
 
 

@@ -62,7 +62,7 @@ ENDPOINTS = ("login", "query", "token", "logout", "heartbeat", "telemetry")
 _AUTH_RE = re.compile(r'Snowflake Token="([^"]*)"')
 _SHOW_SCHEMA_RE = re.compile(r"^show\s+image\s+repositories\s+in\s+schema\s+snowflake\.images$")
 _SHOW_ACCOUNT_RE = re.compile(r"^show\s+image\s+repositories\s+in\s+account$")
-_ALTER_SESSION_RE = re.compile(r"^alter\s+session\s+(set|unset)\s+", re.IGNORECASE)
+_ALTER_SESSION_RE = re.compile(r"^alter\s+session\s+(set|unset)\s+")
 
 
 class ManualClock:
@@ -178,9 +178,10 @@ class _SessionToken:
 class _SnowflakeError(Exception):
     """Answer the current request with a Snowflake error code (HTTP 200)."""
 
-    def __init__(self, code: str, *, data: Json | None = None) -> None:
+    def __init__(self, code: str, *, message: str | None = None, data: Json | None = None) -> None:
         super().__init__(code)
         self.code = code
+        self.message = message or ERROR_MESSAGES.get(code, f"Error {code} (fake Snowflake).")
         self.data = data
 
 
@@ -382,7 +383,7 @@ class FakeSnowflake:
                 session.master_expires_at = min(session.master_expires_at, now)
 
     def revoke_all_sessions(self) -> None:
-        """Kill every session as if an admin ran ALTER USER ... ABORT ALL QUERIES / logout."""
+        """End every session as if each had logged out: its tokens stop working (390111)."""
         with self._lock:
             for session in self._sessions.values():
                 session.alive = False
@@ -405,8 +406,8 @@ class FakeSnowflake:
 
     @property
     def token_requests(self) -> Counter[str]:
-        """Token requests by requestType (ISSUE/RENEW), successful or not."""
-        return Counter(r.detail or "" for r in self.requests_to("token"))
+        """Token requests the fake answered (not HTTP faults) by requestType, failed or not."""
+        return Counter(r.detail for r in self.requests_to("token") if r.detail is not None)
 
     @property
     def logouts(self) -> int:
@@ -414,7 +415,8 @@ class FakeSnowflake:
 
     @property
     def queries(self) -> list[str]:
-        return [r.detail or "" for r in self.requests_to("query")]
+        """SQL text of every query the fake answered (not HTTP faults), failed or not."""
+        return [r.detail for r in self.requests_to("query") if r.detail is not None]
 
     @property
     def unknown_requests(self) -> list[RecordedRequest]:
@@ -489,32 +491,31 @@ class FakeSnowflake:
             return 404, {"Content-Type": "text/plain"}, b"not found"
 
         request = _decode_json(body, headers)
+        login_data: Json = request.get("data") or {}
         user: str | None = None
-        detail: str | None = None
+        detail = {"query": request.get("sqlText"), "token": request.get("requestType")}.get(
+            endpoint
+        )
+        token = ""
         try:
-            injected = self._take_code(endpoint)
             if endpoint == "login":
-                data = request.get("data") or {}
-                user = str(data.get("LOGIN_NAME", ""))
-                if injected:
-                    raise _SnowflakeError(injected)
-                result = self._login(data, query)
+                user = str(login_data.get("LOGIN_NAME", ""))
+            elif endpoint != "token":
+                token = self._session_token(headers)
+                user = self._user_of(token)
+            injected = self._take_code(endpoint)
+            if injected:
+                raise _SnowflakeError(injected)
+            if endpoint == "login":
+                result = self._login(login_data, query)
+                user = self._user_of(result["data"]["token"])
             elif endpoint == "token":
-                detail = str(request.get("requestType", ""))
-                if injected:
-                    raise _SnowflakeError(injected)
                 result = self._token_request(headers, request)
             else:
-                token = self._session_token(headers)
-                if endpoint == "query":
-                    detail = str(request.get("sqlText", ""))
-                if injected:
-                    raise _SnowflakeError(injected)
-                user = self._user_of(token)
                 result = self._session_call(endpoint, token, detail)
             outcome = "ok"
         except _SnowflakeError as err:
-            result = _error(err.code, err.data)
+            result = _error(err.code, err.message, err.data)
             outcome = err.code
         self._record(method, path, query, headers, endpoint, outcome, user, detail, request)
         return 200, {"Content-Type": "application/json"}, json.dumps(result).encode()
@@ -621,7 +622,6 @@ class FakeSnowflake:
                     "responseData": None,
                     "parameters": [
                         {"name": "CLIENT_TELEMETRY_ENABLED", "value": False},
-                        {"name": "CLIENT_SESSION_KEEP_ALIVE", "value": False},
                         {"name": "TIMEZONE", "value": "UTC"},
                     ],
                     "sessionInfo": {
@@ -685,7 +685,7 @@ class FakeSnowflake:
             if session is None or not session.alive or session.master_expires_at <= now:
                 raise _SnowflakeError("390114")
             if request_type not in ("ISSUE", "RENEW"):
-                raise _SnowflakeError("390100")
+                raise _SnowflakeError("390400", message=f"Unknown requestType {request_type!r}.")
             validity = self._token_validity
             token = self._new_session_token(session, validity, issued=request_type == "ISSUE")
             master_left = int(session.master_expires_at - now)
@@ -739,7 +739,11 @@ class FakeSnowflake:
             elif _SHOW_ACCOUNT_RE.match(normalized):
                 repos = list(self._account_repos)
             else:
-                raise _SnowflakeError("001003", data=_sql_error_data("001003"))
+                raise _SnowflakeError(
+                    "001003",
+                    message="SQL compilation error:\nstatement not supported by the fake.",
+                    data=_sql_error_data("001003"),
+                )
         rows = [_repository_row(repo) for repo in repos]
         return _result(_REPOSITORY_COLUMNS, rows, 0x1000)
 
@@ -802,10 +806,7 @@ def _sql_error_data(code: str) -> Json:
     }
 
 
-def _error(code: str, data: Json | None) -> Json:
-    message = ERROR_MESSAGES.get(
-        code, "SQL compilation error:\nstatement not supported by the fake Snowflake."
-    )
+def _error(code: str, message: str, data: Json | None) -> Json:
     return {"success": False, "code": code, "message": message, "data": data, "headers": None}
 
 
