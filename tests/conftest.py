@@ -66,17 +66,17 @@ def snowflake_home(
 
 
 @pytest.fixture(scope="session")
-def _rsa_key() -> rsa.RSAPrivateKey:
+def rsa_key() -> rsa.RSAPrivateKey:
     """One RSA key for the whole run: generating keys is the slow part."""
     return new_rsa_key()
 
 
 @pytest.fixture
 def key_pair_user(
-    tmp_path: Path, fake_snowflake: FakeSnowflake, _rsa_key: rsa.RSAPrivateKey
+    tmp_path: Path, fake_snowflake: FakeSnowflake, rsa_key: rsa.RSAPrivateKey
 ) -> KeyPair:
     """User `keyuser` registered with the fake's public key; PKCS#8 key files (plain and
     passphrase-encrypted, mode 0600) under tmp_path."""
-    pair = write_key_pair(tmp_path / "keys", _rsa_key)
+    pair = write_key_pair(tmp_path / "keys", rsa_key)
     fake_snowflake.add_user(pair.user, public_key_pem=pair.public_key_pem)
     return pair

@@ -88,11 +88,18 @@ class Session:
         self._json_results = False
 
     @classmethod
-    def login(cls, connection: ResolvedConnection, *, login_timeout: float = 60.0) -> Session:
+    def login(
+        cls,
+        connection: ResolvedConnection,
+        *,
+        login_timeout: float = 60.0,
+        request_timeout: float = 60.0,
+    ) -> Session:
+        """Log in once; `request_timeout` bounds every later request, retries included."""
         name = (
             "temporary connection" if connection.name is None else f"connection {connection.name!r}"
         )
-        kwargs = _connect_arguments(connection.params, login_timeout)
+        kwargs = _connect_arguments(connection.params, login_timeout, request_timeout)
         log.info("snowflake_login", connection=name)
         started = time.monotonic()
         with _connector_errors(name, "login failed"), warnings.catch_warnings():
@@ -110,7 +117,7 @@ class Session:
         self._use_json_results()
         issued_at = time.time()
         with _connector_errors(self.connection_name, "token request failed"):
-            response = self._connection.rest._token_request("ISSUE")
+            response = self._rest()._token_request("ISSUE")
         data = response.get("data") or {}
         token = data.get("sessionToken")
         if not token:
@@ -147,11 +154,17 @@ class Session:
     def _log_out(self) -> None:
         # The session was opened with server_session_keep_alive, so close() alone
         # never logs out; each line has its own way to send the logout request.
-        rest = self._connection.rest
+        rest = self._rest()
         if _CONNECTOR_MAJOR >= 5:
-            rest.request("/session?delete=true", method="post")
+            rest.request("/session?delete=true", method="post", client="rest")
         else:
             rest.delete_session(retry=False)
+
+    def _rest(self) -> Any:
+        # 5.x keeps `rest` for compatibility only and warns; it is still the one way to ISSUE.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return self._connection.rest
 
     def _use_json_results(self) -> None:
         # snowflake-cli sets this before ISSUE (server-side workaround SNOW-841699).
@@ -174,7 +187,9 @@ class Session:
                 cursor.close()
 
 
-def _connect_arguments(params: Mapping[str, Any], login_timeout: float) -> dict[str, Any]:
+def _connect_arguments(
+    params: Mapping[str, Any], login_timeout: float, request_timeout: float
+) -> dict[str, Any]:
     """Connector keyword arguments: the resolved connection plus what keeps tokens alive."""
     kwargs = dict(params)
     key_file = kwargs.pop("private_key_file", None)
@@ -190,6 +205,8 @@ def _connect_arguments(params: Mapping[str, Any], login_timeout: float) -> dict[
         if value and is_secret_key(key) and isinstance(value, str):
             logs.register_secret(value)
     kwargs.setdefault("login_timeout", int(login_timeout))
+    # 4.x retries a failing token request forever unless this is set.
+    kwargs.setdefault("network_timeout", int(request_timeout))
     kwargs.setdefault("application", "spcs-registry-agent")
     # Never delete the session on close: it would revoke the token handed to Docker.
     kwargs["server_session_keep_alive"] = True
