@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,3 +81,12 @@ def key_pair_user(
     pair = write_key_pair(tmp_path / "keys", rsa_key)
     fake_snowflake.add_user(pair.user, public_key_pem=pair.public_key_pem)
     return pair
+
+
+@pytest.fixture
+def snow_executable() -> str:
+    """snowflake-cli's `snow` (scripts/test installs one and sets SNOW_EXECUTABLE)."""
+    for candidate in (os.environ.get("SNOW_EXECUTABLE"), shutil.which("snow")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.skip("snowflake-cli (snow) is not installed; scripts/test installs it")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import stat
-import subprocess
 import sys
 import time
 import urllib.error
@@ -553,30 +551,3 @@ def test_snowflake_home_config_reaches_the_fake(
     params = config["connections"]["fake"]
     connect(fake_snowflake, **params, server_session_keep_alive=True).close()
     assert fake_snowflake.logins == {DEFAULT_USER: 1}
-
-
-def _snow_executable() -> str | None:
-    """snowflake-cli is not a dependency; the team keeps one in /tmp/snowvenv (CONTRACTS.md)."""
-    candidates = [os.environ.get("SNOW_EXECUTABLE"), shutil.which("snow"), "/tmp/snowvenv/bin/snow"]
-    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
-
-
-def test_snowflake_cli_gets_a_working_token_from_the_fake(
-    snowflake_home: SnowflakeHome, fake_snowflake: FakeSnowflake
-) -> None:
-    snow = _snow_executable()
-    if snow is None:
-        pytest.skip("snowflake-cli (snow) is not installed")
-    done = subprocess.run(
-        [snow, "spcs", "image-registry", "token", "--format", "JSON", "-c", "fake"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-    assert done.returncode == 0, done.stderr
-    printed = json.loads(done.stdout)
-    assert set(printed) == {"token", "expires_in"}
-    assert fake_snowflake.registry_password_is_valid(json.dumps(printed))
-    assert fake_snowflake.logouts == 0
