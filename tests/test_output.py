@@ -52,7 +52,7 @@ def test_json_is_snows_indent_four_in_key_order() -> None:
 
 
 def test_rows_table_has_a_column_per_key_and_wraps_words() -> None:
-    rows = [
+    rows: list[dict[str, str | None]] = [
         {"registry": "a.example", "state": "ok", "error": None},
         {"registry": "b.example", "state": "failing", "error": "connection refused by peer"},
     ]
