@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import multiprocessing
 import os
 import stat
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.config_watch import watching
 from support.fake_helper import install_fake_helper
 from support.readonly import read_only
 
@@ -256,30 +254,6 @@ def _docker_like_writes(config_dir: Path, hosts: list[str]) -> None:
         temp.chmod(0o600)
         os.replace(temp, path)
         time.sleep(0.001)
-
-
-@contextlib.contextmanager
-def watching(path: Path) -> Iterator[list[str]]:
-    """Reads `path` in a loop meanwhile; collects every invalid JSON or mode change seen."""
-    problems: list[str] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            try:
-                json.loads(path.read_bytes())
-                if stat.S_IMODE(path.stat().st_mode) != 0o600:
-                    problems.append("mode changed")
-            except ValueError as e:
-                problems.append(f"invalid JSON: {e}")
-
-    thread = threading.Thread(target=watch)
-    thread.start()
-    try:
-        yield problems
-    finally:
-        stop.set()
-        thread.join()
 
 
 def test_threads_and_processes_lose_no_entry(tmp_path: Path) -> None:

@@ -183,8 +183,9 @@ def _verify_option(command: F) -> F:
         type=click.Choice(VERIFY_MODES),
         default="auto",
         show_default=True,
-        help="Check the stored credentials through the Docker engine, the registry's own "
-        "token handshake (no engine needed), the engine when one answers (auto), or not.",
+        help="Check the credentials before storing them: through the Docker engine, the "
+        "registry's own token handshake (no engine needed), the engine when one answers "
+        "(auto), or not at all.",
     )(command)
 
 
@@ -213,10 +214,11 @@ def login(
         session.close()  # never a logout: the session must live on for the token to work
     config_dir = docker_credentials.docker_config_dir(docker_config, os.environ, Path.home())
     password = issued.docker_password()
-    sink = docker_credentials.store_credentials(host, password, config_dir)
+    # Checked before it is stored: refused credentials never replace working ones.
     checked = checks.verify_credentials(
         host, docker_credentials.USERNAME, password, verify, env=os.environ
     )
+    sink = docker_credentials.store_credentials(host, password, config_dir)
     _log().info(
         "docker_login_done",
         registry=host,

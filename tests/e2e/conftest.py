@@ -94,12 +94,17 @@ class E2E:
     history: list[list[str]] = field(default_factory=list)
 
     def run(
-        self, *command: str, env: Mapping[str, str] | None = None, check: bool = False
+        self,
+        *command: str,
+        env: Mapping[str, str] | None = None,
+        input_: str | None = None,
+        check: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         self.history.append(list(command))
         done = subprocess.run(
             command,
             env={**self.env, **(env or {})},
+            input=input_,
             capture_output=True,
             text=True,
             timeout=COMMAND_TIMEOUT,

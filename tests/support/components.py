@@ -129,15 +129,16 @@ def _stop_orphan(pidfile: Path) -> None:
 
 @dataclass
 class Registry:
-    """docker-registry in token-auth mode on 127.0.0.1; `host` is what docker calls it."""
+    """docker-registry in token-auth mode on loopback; `host` is what docker calls it."""
 
+    address: str
     port: int
     realm: TokenRealm
     proc: subprocess.Popen[bytes]
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     def challenge(self) -> str | None:
         """The WWW-Authenticate header of GET /v2/, or None while it is not serving."""
@@ -162,7 +163,7 @@ storage:
   delete:
     enabled: true
 http:
-  addr: 127.0.0.1:{port}
+  addr: {address}:{port}
 auth:
   token:
     realm: {realm}
@@ -173,13 +174,17 @@ auth:
 
 
 @contextlib.contextmanager
-def running_registry(root: Path, realm: TokenRealm) -> Iterator[Registry]:
+def running_registry(
+    root: Path, realm: TokenRealm, *, address: str = "127.0.0.1", port: int | None = None
+) -> Iterator[Registry]:
+    """Serve on `address`:`port` (a free port by default) and wait until it challenges."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     config = root / "config.yml"
     config.write_text(
         REGISTRY_CONFIG.format(
             root=root,
+            address=address,
             port=port,
             realm=realm.url,
             service=SERVICE,
@@ -192,7 +197,7 @@ def running_registry(root: Path, realm: TokenRealm) -> Iterator[Registry]:
         proc = subprocess.Popen(
             ["docker-registry", "serve", str(config)], stdout=out, stderr=subprocess.STDOUT
         )
-    registry = Registry(port, realm, proc)
+    registry = Registry(address, port, realm, proc)
     try:
         wait_for(lambda: registry.challenge() is not None, "docker-registry", proc, log)
         yield registry
