@@ -112,7 +112,7 @@ def registry_login(host: str, username: str, password: str, *, timeout: float) -
         realm = params["realm"]
         if not _safe_realm(realm):
             raise AgentError(f"registry {host} sends credentials to a non-https realm; refused")
-        query = {k: params[k] for k in ("service", "scope") if k in params}
+        query: dict[str, str] = {k: params[k] for k in ("service", "scope") if k in params}
         query["account"] = username
         sep = "&" if urllib.parse.urlsplit(realm).query else "?"
         status, _, body = _get(
