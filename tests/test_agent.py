@@ -275,7 +275,7 @@ def test_failure_backs_off_and_keeps_written_credentials(
     assert len(failures) == 2
     assert failures[0]["log_level"] == "warning"
     assert "HTTP 503" in failures[0]["reason"]
-    assert failures[0]["credentials"] == "valid until 2027-01-15T09:00:00+00:00"
+    assert failures[0]["held"] == "valid until 2027-01-15T09:00:00+00:00"
     assert "STATUS=0/1 ok; failing: prod" in " ".join(h.recorded.states("STATUS="))
 
 
@@ -300,7 +300,7 @@ def test_failure_with_expired_credentials_is_an_error(make_agent: Callable[..., 
         wait_for(lambda: h.target("prod")["failures"] == 1, "first failure")
     (failure,) = [e for e in logs if e["event"] == "token_refresh_failed"]
     assert failure["log_level"] == "error"
-    assert failure["credentials"] == "expired"
+    assert failure["held"] == "expired"
     assert "Incorrect password" in failure["reason"]
     assert h.recorded.states("READY=1") == []  # nothing written yet: not ready
 

@@ -510,7 +510,7 @@ class Agent:
             reason=reason,
             failures=live.failures,
             retry_at=_iso(live.next_refresh),
-            credentials="expired" if expired else f"valid until {_iso(live.expires_at)}",
+            held="expired" if expired else f"valid until {_iso(live.expires_at)}",
             duration_ms=round((self.clock.monotonic() - started) * 1000),
         )
 
