@@ -25,6 +25,7 @@ from spcs_registry_agent.docker_credentials import (
     CredentialsError,
     docker_config_dir,
     erase_credentials,
+    read_credentials,
     sink_for,
     store_credentials,
 )
@@ -396,3 +397,15 @@ def test_module_does_not_import_the_docker_sdk() -> None:
         "sys.exit('docker' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_read_credentials_returns_only_ours(tmp_path: Path, helper_bin: Path) -> None:
+    write_config(tmp_path, {"auths": {"theirs:1": {"auth": base64.b64encode(b"u:p").decode()}}})
+    assert read_credentials(HOST, tmp_path) is None
+    assert read_credentials("theirs:1", tmp_path) is None
+    store_credentials(HOST, SECRET, tmp_path)
+    assert read_credentials(HOST, tmp_path) == SECRET
+    write_config(tmp_path, {"credsStore": "fake"})
+    assert read_credentials(HOST, tmp_path) is None
+    store_credentials(HOST, SECRET, tmp_path)
+    assert read_credentials(HOST, tmp_path) == SECRET

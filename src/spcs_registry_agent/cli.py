@@ -231,10 +231,20 @@ def login(
 
 @cli.command()
 @docker_options
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="Before removing them, log out the Snowflake session that issued the stored "
+    "token: every token of that session stops working.",
+)
 @connection_options
 @output_options
 def logout(
-    registry: str | None, private_link: bool, docker_config: Path | None, **options: Any
+    registry: str | None,
+    private_link: bool,
+    docker_config: Path | None,
+    revoke: bool,
+    **options: Any,
 ) -> None:
     """Remove the credentials `login` stored for the registry (and nothing else)."""
     from spcs_registry_agent import docker_credentials
@@ -248,9 +258,19 @@ def logout(
             host = session.registry_host(private_link=private_link)
         finally:
             session.close()
+    revoked = ""
+    if revoke:
+        # Revoke first: if that fails, the token stays where a retry can find it.
+        from spcs_registry_agent.revoke import revoke_token, token_of
+
+        secret = docker_credentials.read_credentials(host, config_dir)
+        if secret is not None:
+            gone = revoke_token(_connection(options).params, token_of(secret))
+            revoked = "; Snowflake session logged out" if gone else "; session already gone"
     erased = docker_credentials.erase_credentials(host, config_dir)
     _print_message(
-        f"Removing login credentials for {host}" if erased else f"Not logged in to {host}",
+        (f"Removing login credentials for {host}" if erased else f"Not logged in to {host}")
+        + revoked,
         options,
     )
 

@@ -137,6 +137,16 @@ def erase_credentials(host: str, config_dir: Path, *, helper_timeout: float = 10
         return _rewrite(path, drop)
 
 
+def read_credentials(host: str, config_dir: Path, *, helper_timeout: float = 10.0) -> str | None:
+    """Our (`0sessiontoken`) secret for `host`, from where docker reads it; None if none."""
+    config = read_config(config_dir / CONFIG_FILE)
+    sink = sink_for(host, config)
+    if sink == "auths":
+        return _our_secret((config.get("auths") or {}).get(host))
+    found = _helper_get(host, _helper(sink), helper_timeout)
+    return None if found is None else found.get("Secret")
+
+
 def read_config(path: Path) -> Config:
     """Parse config.json; a missing or empty file is an empty config, like the docker CLI."""
     return _parse(_read_bytes(path), path)
@@ -159,18 +169,24 @@ def _store_errors() -> tuple[type[Exception], ...]:
     return (errors.StoreError, ValueError, KeyError)
 
 
-def _erase_from_helper(host: str, helper: str, timeout: float) -> bool:
+def _helper_get(host: str, helper: str, timeout: float) -> dict[str, str] | None:
+    """The helper's entry for `host` if it is ours, else None."""
     from docker.credentials import errors
 
-    store = _store(helper, timeout)
     try:
-        try:
-            found = store.get(host)
-        except errors.CredentialsNotFound:
-            return False
-        if found.get("Username") != USERNAME:
-            return False
-        store.erase(host)
+        found: dict[str, str] = _store(helper, timeout).get(host)
+    except errors.CredentialsNotFound:
+        return None
+    except _store_errors() as e:
+        raise CredentialsError(f"cannot read credentials for {host}: {e}") from None
+    return found if found.get("Username") == USERNAME else None
+
+
+def _erase_from_helper(host: str, helper: str, timeout: float) -> bool:
+    if _helper_get(host, helper, timeout) is None:
+        return False
+    try:
+        _store(helper, timeout).erase(host)
     except _store_errors() as e:
         raise CredentialsError(f"cannot erase credentials for {host}: {e}") from None
     log.debug("docker_credentials_erased", host=host, sink=helper)
@@ -186,13 +202,18 @@ def _auths(config: Config) -> dict[str, Any]:
 
 
 def _is_ours(entry: object) -> bool:
+    return _our_secret(entry) is not None
+
+
+def _our_secret(entry: object) -> str | None:
+    """The password of an `auths` entry whose user is `0sessiontoken`, else None."""
     if not isinstance(entry, dict) or not isinstance(entry.get("auth"), str):
-        return False
+        return None
     try:
-        decoded = base64.b64decode(entry["auth"], validate=True)
+        user, _, secret = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
     except (binascii.Error, ValueError):
-        return False
-    return decoded.startswith(f"{USERNAME}:".encode())
+        return None
+    return secret if user == USERNAME else None
 
 
 def _read_bytes(path: Path) -> bytes | None:

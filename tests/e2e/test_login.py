@@ -265,3 +265,18 @@ def test_logins_racing_docker_logins_lose_nothing(e2e: E2E, alias_registry: Regi
     for host in auths:
         assert e2e.snowflake.registry_password_is_valid(stored_password(e2e, host))
     assert stat.S_IMODE(config_path(e2e).stat().st_mode) == 0o600
+
+
+def test_logout_revoke_logs_the_token_session_out(e2e: E2E) -> None:
+    e2e.login("--verify", "none")
+    password = stored_password(e2e, e2e.registry.host)
+    done = e2e.cli("logout", "--registry", e2e.registry.host, "--revoke")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"Removing login credentials for {e2e.registry.host}; Snowflake session logged out"
+    )
+    assert json.loads(config_path(e2e).read_text())["auths"] == {}
+    assert not e2e.snowflake.registry_password_is_valid(password)
+    relogin = e2e.run("docker", "login", "-u", USERNAME, "--password-stdin", e2e.registry.host,
+                      input_=password)  # fmt: skip
+    assert relogin.returncode != 0  # the registry itself refuses the revoked token
