@@ -88,7 +88,7 @@ def engine_login(
         client.login(username=username, password=password, registry=host, reauth=True)
     except APIError as e:
         detail = _one_line(str(e.explanation or e))
-        if e.status_code == 401 or "unauthorized" in detail.lower() or "401" in detail:
+        if e.status_code == 401 or "unauthorized" in detail.lower():
             raise CredentialsRefused(host) from None
         raise AgentError(f"docker engine could not log in to {host}: {detail}") from None
     except DockerException as e:
