@@ -144,13 +144,21 @@ def test_logout_removes_only_our_entry(e2e: E2E) -> None:
 # --- the registry checks for real --------------------------------------------------------
 
 
+VALIDITY = 5  # seconds: long enough to log in and push, short enough to wait for
+
+
 def test_expired_token_is_refused_by_the_registry(e2e: E2E) -> None:
-    e2e.snowflake.set_validity(token=3)
+    e2e.snowflake.set_validity(token=VALIDITY)
+    started = time.monotonic()
     e2e.login("--verify", "registry")
     ref = e2e.push_tiny("e2e/tiny:expiring")  # accepted while the token is valid
     e2e.docker("rmi", ref)
+    assert time.monotonic() - started < VALIDITY, "too slow to prove anything: raise VALIDITY"
     refused = e2e.registry.realm.refused
-    time.sleep(3.5)
+    password = stored_password(e2e, e2e.registry.host)
+    while e2e.snowflake.registry_password_is_valid(password):  # until Snowflake says expired
+        assert time.monotonic() - started < 3 * VALIDITY
+        time.sleep(0.1)
     pulled = e2e.docker("pull", ref, check=False)
     assert pulled.returncode != 0
     assert "unauthorized" in pulled.stderr.lower() or "denied" in pulled.stderr.lower()
