@@ -185,6 +185,7 @@ def make_agent(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
         def make(
             names: Sequence[str] = ("prod",),
             backend: FakeBackend | None = None,
+            env: dict[str, str] | None = None,
             **settings: Any,
         ) -> Harness:
             backend = backend or FakeBackend()
@@ -199,7 +200,7 @@ def make_agent(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
             agent = Agent(
                 config,
                 backend,
-                env={},
+                env=env or {},
                 home=tmp_path,
                 clock=clock,
                 rand=lambda: 0.5,
@@ -356,6 +357,23 @@ def test_suspend_refreshes_every_target_at_the_next_heartbeat(
     assert jump["skew_s"] == pytest.approx(600, abs=31)
 
 
+def test_watchdog_pings_from_the_heartbeat(make_agent: Callable[..., Harness]) -> None:
+    h = make_agent(env={"WATCHDOG_USEC": "20000000"})
+    assert h.agent.heartbeat_interval == 10.0  # half of WatchdogSec, below the 30 s default
+    h.wait_issued("prod", 1)
+    pings = len(h.recorded.states("WATCHDOG=1"))
+    h.advance(10)
+    wait_for(lambda: len(h.recorded.states("WATCHDOG=1")) > pings, "watchdog ping")
+
+
+def test_no_watchdog_without_watchdog_usec(make_agent: Callable[..., Harness]) -> None:
+    h = make_agent()
+    h.wait_issued("prod", 1)
+    h.advance(30)
+    settle()
+    assert h.recorded.states("WATCHDOG=1") == []
+
+
 def test_backward_clock_step_refreshes_at_once(make_agent: Callable[..., Harness]) -> None:
     # APScheduler's triggers are wall-clock: after this step the 08:40 refresh (and any
     # wall-clock heartbeat) would wait an extra hour. The monotonic heartbeat does not.
@@ -492,3 +510,14 @@ def test_bad_config_on_sighup_is_rejected(tmp_path: Path) -> None:
     driver.join()
     assert any(e["event"] == "reload_rejected" for e in logs)
     assert agent.config is config
+
+
+def test_unknown_connection_at_start_is_a_config_error(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.unknown.add("typo")
+    config = AgentConfig(state_dir=tmp_path / "s", targets=(Target("typo", "typo"),))
+    agent = Agent(config, backend, env={}, home=tmp_path, notifier=RecordingNotifier())
+    with pytest.raises(ConfigError, match="typo"):
+        run_until_signalled(agent, lambda: config)
+    assert backend.logins == Counter()
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL

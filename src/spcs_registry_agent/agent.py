@@ -275,7 +275,8 @@ class Agent:
         self._beat_now.set()
         with self._write_lock:
             self._writes_closed = True
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:  # start() may have failed before starting it
+            self.scheduler.shutdown(wait=False)
         with self._lock:
             targets = list(self._targets.values())
         if self.config.on_exit == "revoke":
@@ -390,7 +391,7 @@ class Agent:
         """Detect suspend/resume and clock steps; feed the systemd watchdog."""
         sample = policy.ClockSample(self.clock.time(), self.clock.monotonic())
         previous, self._last_sample = self._last_sample, sample
-        if self._watchdog is not None:
+        if self._watchdog is not None and self.scheduler.running:
             self.notifier.watchdog()
         if not policy.clock_jumped(previous, sample):
             return
