@@ -382,7 +382,11 @@ def status(config_path: Path | None, state_dir: Path | None, output_format: str)
     directory = state_dir or default_state_dir(env, home)
     states = read_states(directory)
     now = time.time()
-    click.echo(render(status_rows(states, now), output_format.upper()))
+    rows = status_rows(states, now)
+    if output_format.upper() == "JSON" or not rows:
+        click.echo(render(rows, output_format.upper()))
+    else:  # a key | value table per target: nine columns do not fit a terminal
+        click.echo("\n".join(render(row, "TABLE") for row in rows))
     if not states:
         click.echo(f"no agent state in {directory}: is the agent running?", err=True)
     if not all_healthy(states, now):
