@@ -393,7 +393,8 @@ def _alive(pid: int) -> bool:
 def test_module_does_not_import_the_docker_sdk() -> None:
     """`token` and `url` import this module's neighbours and must stay fast."""
     code = (
-        "import sys, spcs_registry_agent.docker_credentials, spcs_registry_agent.verify;"
+        "import sys, spcs_registry_agent.cli, spcs_registry_agent.docker_credentials,"
+        " spcs_registry_agent.verify;"
         "sys.exit('docker' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -72,7 +72,9 @@ def sink_for(host: str, config: Mapping[str, Any]) -> str:
     """Where docker reads `host`'s credentials: "credHelpers:NAME", "credsStore:NAME" or "auths".
 
     Mirrors docker/cli `getConfiguredCredentialStore`: an entry in credHelpers wins even
-    when it is an empty string (which then means "the file"), else credsStore.
+    when it is an empty string (which then means "the file"), else credsStore. The CLI's
+    platform default store (pass/secretservice) applies only to a config with no auth data
+    at all; once we write `auths`, the CLI reads `auths`, so "auths" is right there too.
     """
     helpers = config.get("credHelpers") or {}
     if host in helpers:
