@@ -55,10 +55,12 @@ def render_table(
     full = sum(widths) + frame - 2
     lines = ["+" + "-" * full + "+"]
     for index, row in enumerate(cells):
-        wrapped = [_wrap(text, w) for text, w in zip(row, widths)]
+        wrapped = [_wrap(text, w) for text, w in zip(row, widths, strict=True)]
         for line in range(max(len(parts) for parts in wrapped)):
             parts = [p[line] if line < len(p) else "" for p in wrapped]
-            lines.append("| " + " | ".join(p.ljust(w) for p, w in zip(parts, widths)) + " |")
+            lines.append(
+                "| " + " | ".join(p.ljust(w) for p, w in zip(parts, widths, strict=True)) + " |"
+            )
         if index == 0:
             lines.append("|" + "+".join("-" * (w + 2) for w in widths) + "|")
     lines.append("+" + "-" * full + "+")
