@@ -19,7 +19,8 @@ import structlog
 
 from spcs_registry_agent.errors import AgentError
 
-#: The session is already gone (logged out or expired): nothing left to revoke.
+#: Snowflake codes after which only a new login helps: the session was deleted, or its
+#: session or master token expired, is unknown or invalid. A logout then has nothing to do.
 SESSION_GONE_CODES = frozenset({"390111", "390112", "390113", "390114", "390115"})
 
 log = structlog.get_logger(__name__)

@@ -25,6 +25,7 @@ from snowflake.connector.errors import Error as ConnectorError
 from spcs_registry_agent import logs, private_keys
 from spcs_registry_agent.connections import ResolvedConnection, is_secret_key
 from spcs_registry_agent.errors import AgentError
+from spcs_registry_agent.revoke import SESSION_GONE_CODES
 
 log = structlog.get_logger(__name__)
 
@@ -32,9 +33,6 @@ log = structlog.get_logger(__name__)
 #: connector does not report one.
 DEFAULT_TOKEN_VALIDITY = 3600
 
-#: Server codes after which only a new login helps: session or master token
-#: expired, not found or invalid, or the session was deleted.
-SESSION_GONE_CODES = frozenset({390111, 390112, 390113, 390114, 390115})
 
 _SCHEMA_REPOSITORIES = "show image repositories in schema snowflake.images"
 _ACCOUNT_REPOSITORIES = "show image repositories in account"
@@ -242,6 +240,6 @@ def _classify(name: str, action: str, errno: int | None, message: str) -> Snowfl
     reason = _ERROR_PREFIX.sub("", " ".join(str(message).split()))
     code = f" (code {errno})" if errno and errno > 0 and str(errno) not in reason else ""
     text = f"{name}: {action}: {reason}{code}"
-    if errno in SESSION_GONE_CODES:
+    if str(errno) in SESSION_GONE_CODES:
         return SessionGoneError(text)
     return SnowflakeError(text)
