@@ -94,6 +94,7 @@ class FakeBackend:
         self.login_failing: set[str] = set()
         self.gone: dict[str, bool] = {}
         self.unknown: set[str] = set()
+        self.while_storing: Callable[[], None] | None = None
 
     def resolve(self, targets: Sequence[Target]) -> dict[str, ResolvedConnection]:
         for target in targets:
@@ -112,6 +113,8 @@ class FakeBackend:
         return FakeSession(self, connection.name)
 
     def store(self, host: str, secret: str, config: AgentConfig) -> str:
+        if self.while_storing is not None:
+            self.while_storing()
         with self.lock:
             self.stored[host] = secret
             self.store_calls += 1
@@ -249,6 +252,27 @@ def test_late_refresh_still_runs_after_a_long_stall(make_agent: Callable[..., Ha
     h.wait_issued("prod", 1)
     h.advance(3000)
     h.wait_issued("prod", 2)
+
+
+def test_refresh_that_overruns_its_next_refresh_point_is_not_lost(
+    make_agent: Callable[..., Harness],
+) -> None:
+    # A slow write (a credential helper taking longer than the refresh interval) plans the
+    # next refresh in the past, so it starts while this run is still finishing.
+    h = make_agent()
+    h.wait_issued("prod", 1)
+
+    def slow_once() -> None:
+        h.backend.while_storing = None
+        h.clock.advance(2500)
+
+    h.backend.while_storing = slow_once
+    h.advance(2400)
+    h.wait_issued("prod", 3)  # the slow one, then the overdue one right after it
+    settle()
+    assert h.issued("prod") == 3
+    h.advance(2400)
+    h.wait_issued("prod", 4)
 
 
 def test_failure_backs_off_and_keeps_written_credentials(

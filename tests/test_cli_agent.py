@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.fake_snowflake import FakeSnowflake, SnowflakeHome
 
 from spcs_registry_agent.state import TargetState, write_state
@@ -41,6 +42,7 @@ def test_run_rejects_an_unknown_connection_with_exit_2(tmp_path: Path) -> None:
     assert "nope" in error[0]
 
 
+@pytest.mark.connector
 def test_run_writes_credentials_and_stops_on_sigterm(
     tmp_path: Path, fake_snowflake: FakeSnowflake, snowflake_home: SnowflakeHome
 ) -> None:

@@ -20,6 +20,7 @@ Why the details matter:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 STOP_BUDGET = 5.0  # SIGTERM to exit, seconds: systemd's and CI runners' patience is short
+# Runs of one target's job that may wait on its lock (see _refresh_job); more are dropped.
+MAX_JOB_INSTANCES = 8
 EXIT_GRACE = 1.5  # after stop(), how long an in-flight refresh may take before we leave it
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -161,6 +164,7 @@ class _Target:
     written_to: str | None = None
     tried: bool = False
     dropped: bool = False
+    ticket: int = -1  # the newest planned refresh; older job runs are stale
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -205,6 +209,7 @@ class Agent:
         self._write_lock = threading.Lock()  # a credential write is never cut in half
         self._writes_closed = False
         self._stopping = threading.Event()
+        self._tickets = itertools.count()
         self._beat_now = threading.Event()
         self._beater = threading.Thread(target=self._beat_loop, name="heartbeat", daemon=True)
         self._ready_sent = False
@@ -212,7 +217,11 @@ class Agent:
         self.scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             executors={"default": ThreadPoolExecutor(max_workers)},
-            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+            job_defaults={
+                "misfire_grace_time": None,
+                "coalesce": True,
+                "max_instances": MAX_JOB_INSTANCES,
+            },
         )
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -300,7 +309,7 @@ class Agent:
         live = _Target(target, connection, host=target.host)
         with self._lock:
             self._targets[target.name] = live
-        self._run_at(target.name, self.clock.time())
+        self._run_at(live, self.clock.time())
 
     def _drop(self, live: _Target, *, revoke: bool) -> None:
         """Forget a target: wait for its in-flight refresh, close (or revoke) its session."""
@@ -358,15 +367,16 @@ class Agent:
         delay = max(0.0, at - self.clock.time())
         return datetime.now(timezone.utc) + timedelta(seconds=delay)
 
-    def _run_at(self, name: str, at: float) -> None:
+    def _run_at(self, live: _Target, at: float) -> None:
         if self._stopping.is_set():
             return
+        live.ticket = next(self._tickets)
         self.scheduler.add_job(
             self._refresh_job,
             DateTrigger(self._when(at)),
-            args=[name],
-            id=name,
-            name=f"refresh {name}",
+            args=[live.name, live.ticket],
+            id=live.name,
+            name=f"refresh {live.name}",
             replace_existing=True,
         )
         self.scheduler.wakeup()
@@ -403,22 +413,25 @@ class Agent:
         log.warning("clock_jump_detected", skew_s=round(skew, 1), targets=len(targets))
         for live in targets:
             if not live.lock.locked():
-                self._run_at(live.name, sample.wall)
+                self._run_at(live, sample.wall)
 
     # ---- refreshing -----------------------------------------------------------------------
 
-    def _refresh_job(self, name: str) -> None:
+    def _refresh_job(self, name: str, ticket: int) -> None:
+        """Run a planned refresh unless a newer plan replaced it.
+
+        A refresh that took longer than the token's refresh point (a connector riding out an
+        outage) plans the next one "now", which starts while this run is still finishing:
+        that run waits for the lock instead of being skipped - APScheduler would drop a
+        skipped date job, and the target would never refresh again.
+        """
         with self._lock:
             live = self._targets.get(name)
         if live is None or self._stopping.is_set():
             return
-        if not live.lock.acquire(blocking=False):
-            return  # a refresh is in flight; it schedules the next one itself
-        try:
-            if not live.dropped:
+        with live.lock:
+            if live.ticket == ticket and not live.dropped and not self._stopping.is_set():
                 self._refresh(live)
-        finally:
-            live.lock.release()
 
     def _refresh(self, live: _Target) -> None:
         started = self.clock.monotonic()
@@ -445,18 +458,22 @@ class Agent:
         self._after_attempt(live)
 
     def _issue(self, live: _Target) -> tuple[RegistryToken, float]:
-        """A token from the kept session; a new login only if there is none or it is gone."""
+        """A token from the kept session and when it arrived; a new login only if needed.
+
+        The lifetime counts from when Snowflake answered. The time the answer arrived is off
+        by half a round trip; the time the request started can be off by as long as the
+        connector spent retrying (4.x rides out a 503 outage inside one call).
+        """
         if live.session is None:
             live.session = self._login(live)
         try:
-            issued_at = self.clock.time()
-            return live.session.issue_token(), issued_at
+            token = live.session.issue_token()
         except SessionGoneError as error:
             log.info("snowflake_session_gone", target=live.name, reason=str(error))
             self._close(live, revoke=False)
             live.session = self._login(live)
-            issued_at = self.clock.time()
-            return live.session.issue_token(), issued_at
+            token = live.session.issue_token()
+        return token, self.clock.time()
 
     def _login(self, live: _Target) -> SessionLike:
         started = self.clock.monotonic()
@@ -518,7 +535,7 @@ class Agent:
     def _after_attempt(self, live: _Target) -> None:
         live.tried = True
         if live.next_refresh is not None and not live.dropped:
-            self._run_at(live.name, live.next_refresh)
+            self._run_at(live, live.next_refresh)
         self._save(live)
         self._report()
 
