@@ -452,7 +452,7 @@ def test_stop_keep_leaves_credentials_and_sessions(make_agent: Callable[..., Har
     h.wait_issued("prod", 1)
     h.agent.stop()
     assert HOST in h.backend.stored
-    assert h.backend.closed == []
+    assert h.backend.closed == [("prod", False)]  # closed, not logged out
     assert h.recorded.states("STOPPING=1") == ["STOPPING=1"]
     assert [s.name for s in read_states(h.agent.state_dir)] == ["prod"]
 

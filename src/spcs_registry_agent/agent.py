@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -289,7 +290,9 @@ class Agent:
         with self._lock:
             targets = list(self._targets.values())
         if self.config.on_exit == "revoke":
-            self._revoke_all(targets)
+            self._in_parallel(self._revoke, targets)
+        else:  # close the connections without logging out: the written tokens keep working
+            self._in_parallel(partial(self._close, revoke=False), targets)
         log.info("agent_stopped", targets=len(targets), on_exit=self.config.on_exit)
 
     def busy(self) -> bool:
@@ -328,9 +331,9 @@ class Agent:
             if acquired:
                 live.lock.release()
 
-    def _revoke_all(self, targets: Sequence[_Target]) -> None:
-        """Revoke in parallel so that several slow logouts still fit in the stop budget."""
-        threads = [threading.Thread(target=self._revoke, args=(t,), daemon=True) for t in targets]
+    def _in_parallel(self, action: Callable[[_Target], None], targets: Sequence[_Target]) -> None:
+        """Close or revoke in parallel so that several slow ones still fit the stop budget."""
+        threads = [threading.Thread(target=action, args=(t,), daemon=True) for t in targets]
         deadline = time.monotonic() + STOP_BUDGET - 1.0
         for thread in threads:
             thread.start()
