@@ -335,6 +335,7 @@ def test_agent_keeps_docker_logged_in_through_faults_reload_and_stop(tmp_path: P
     assert ran / 7.5 <= len(steady_issues) <= ran / 5.5 + 3, (len(steady_issues), ran)
     assert steady.logins["alice"] == 2, "exactly one new login after 390114"
     assert flaky.logins["alice"] == 1, "an outage is not a reason to log in again"
+    assert steady.logouts == flaky.logouts == third.logouts == 0, "on_exit=keep: no logout"
     # The outage: backed off (several spaced retries, not a tight loop), logged, recovered.
     retries = [
         e for e in logged if e.get("event") == "token_refresh_failed" and e["target"] == "flaky"
