@@ -28,7 +28,7 @@ from spcs_registry_agent.config import AgentConfig, Target
 from spcs_registry_agent.connections import ResolvedConnection
 from spcs_registry_agent.errors import ConfigError
 from spcs_registry_agent.notify import Notifier
-from spcs_registry_agent.policy import Policy
+from spcs_registry_agent.policy import ClockSample, Policy
 from spcs_registry_agent.snowflake import RegistryToken, SessionGoneError, SnowflakeError
 from spcs_registry_agent.state import read_states
 
@@ -42,6 +42,7 @@ class FrozenClock:
     def __init__(self, freezer: FrozenDateTimeFactory) -> None:
         self.freezer = freezer
         self.mono = 1000.0
+        self.lock = threading.Lock()  # the heartbeat must never see half an advance
 
     def time(self) -> float:
         return self.freezer.time_to_freeze.replace(tzinfo=timezone.utc).timestamp()
@@ -49,10 +50,15 @@ class FrozenClock:
     def monotonic(self) -> float:
         return self.mono
 
+    def sample(self) -> ClockSample:
+        with self.lock:
+            return ClockSample(self.time(), self.mono)
+
     def advance(self, seconds: float, *, suspended: bool = False) -> None:
-        self.freezer.tick(seconds)
-        if not suspended:
-            self.mono += seconds
+        with self.lock:
+            self.freezer.tick(seconds)
+            if not suspended:
+                self.mono += seconds
 
 
 class FakeSession:
@@ -403,7 +409,8 @@ def test_backward_clock_step_refreshes_at_once(make_agent: Callable[..., Harness
     # wall-clock heartbeat) would wait an extra hour. The monotonic heartbeat does not.
     h = make_agent(heartbeat=10.0)
     h.wait_issued("prod", 1)
-    h.clock.mono += 10  # ten seconds pass, but the wall clock is stepped back an hour
+    with h.clock.lock:
+        h.clock.mono += 10  # ten seconds pass, but the wall clock is stepped back an hour
     h.advance(10 - 3600, suspended=True)
     h.wait_issued("prod", 2)
     assert h.target("prod")["next_refresh"] == h.clock.time() + 2400

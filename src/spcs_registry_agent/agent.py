@@ -64,6 +64,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 class Clock(Protocol):
     def time(self) -> float: ...
     def monotonic(self) -> float: ...
+    def sample(self) -> policy.ClockSample:
+        """Both readings at one instant, for comparing how far each clock moved."""
+        ...
 
 
 class SystemClock:
@@ -74,6 +77,9 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def sample(self) -> policy.ClockSample:
+        return policy.ClockSample(time.time(), time.monotonic())
 
 
 class SessionLike(Protocol):
@@ -214,7 +220,7 @@ class Agent:
         self._beat_now = threading.Event()
         self._beater = threading.Thread(target=self._beat_loop, name="heartbeat", daemon=True)
         self._ready_sent = False
-        self._last_sample = policy.ClockSample(self.clock.time(), self.clock.monotonic())
+        self._last_sample = self.clock.sample()
         self.scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             executors={"default": ThreadPoolExecutor(max_workers)},
@@ -402,7 +408,7 @@ class Agent:
 
     def _heartbeat(self) -> None:
         """Detect suspend/resume and clock steps; feed the systemd watchdog."""
-        sample = policy.ClockSample(self.clock.time(), self.clock.monotonic())
+        sample = self.clock.sample()
         previous, self._last_sample = self._last_sample, sample
         if self._watchdog is not None and self.scheduler.running:
             self.notifier.watchdog()

@@ -39,7 +39,7 @@ from spcs_registry_agent.agent import Agent, LiveBackend
 from spcs_registry_agent.config import AgentConfig, Target
 from spcs_registry_agent.docker_credentials import read_config
 from spcs_registry_agent.notify import Notifier
-from spcs_registry_agent.policy import Policy
+from spcs_registry_agent.policy import ClockSample, Policy
 
 pytestmark = [
     pytest.mark.e2e,
@@ -427,6 +427,9 @@ class JumpingClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def sample(self) -> ClockSample:
+        return ClockSample(self.time(), self.monotonic())
 
 
 @pytest.mark.connector  # quick; 4.x logs out and ISSUEs differently
