@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from support.fake_snowflake import DEFAULT_PASSWORD, DEFAULT_USER, FakeSnowflake  # noqa: E402
+from support.fake_snowflake import DEFAULT_PASSWORD, DEFAULT_USER, FakeSnowflake
 
 # A child that runs one command and reports its own children's peak RSS (KiB):
 # RUSAGE_CHILDREN of a fresh process covers exactly that command.
@@ -150,7 +150,6 @@ def main() -> None:
         }
 
     report(results, baseline="snow spcs image-registry token")
-
 
 
 def report(results: dict[str, list[Sample]], baseline: str) -> None:

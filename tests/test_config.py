@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 
 from spcs_registry_agent.config import (
-    CONNECTION_KEYS,
-    SECRET_CONNECTION_KEYS,
     AgentConfig,
     Target,
     default_config_path,
@@ -17,7 +15,6 @@ from spcs_registry_agent.config import (
     parse_config,
     with_flags,
 )
-from spcs_registry_agent.connections import FLAG_KEYS, is_secret_key
 from spcs_registry_agent.errors import ConfigError
 from spcs_registry_agent.policy import Policy
 
@@ -281,11 +278,6 @@ def test_file_targets_kept_without_connection_flags() -> None:
 
 def test_nothing_configured_serves_the_default_connection() -> None:
     assert with_flags(AgentConfig()).targets == (Target(name="default"),)
-
-
-def test_inline_keys_are_connection_flags() -> None:
-    assert CONNECTION_KEYS <= FLAG_KEYS
-    assert {k for k in CONNECTION_KEYS if is_secret_key(k)} == SECRET_CONNECTION_KEYS
 
 
 def test_example_config_loads_and_documents_every_key() -> None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -50,7 +50,7 @@ from spcs_registry_agent.snowflake import RegistryToken, SessionGoneError, Snowf
 from spcs_registry_agent.state import TargetState, prune_states, remove_state, write_state
 
 if TYPE_CHECKING:
-    from spcs_registry_agent.verify import VerifyMode
+    pass
 
 log = structlog.get_logger(__name__)
 
@@ -141,8 +141,7 @@ class LiveBackend:
         from spcs_registry_agent.verify import verify_credentials
 
         if config.verify != "none":
-            mode = cast("VerifyMode", config.verify)  # config.py validated it
-            verify_credentials(host, USERNAME, secret, mode, env=self.env)
+            verify_credentials(host, USERNAME, secret, config.verify, env=self.env)
 
     def erase(self, host: str, config: AgentConfig) -> bool:
         from spcs_registry_agent.docker_credentials import erase_credentials

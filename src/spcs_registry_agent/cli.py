@@ -17,6 +17,8 @@ import click
 
 from spcs_registry_agent import __version__
 from spcs_registry_agent.errors import AgentError, ConfigError
+from spcs_registry_agent.logs import LOG_FORMATS
+from spcs_registry_agent.output import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
     from spcs_registry_agent.connections import ResolvedConnection
@@ -91,29 +93,54 @@ def connection_options(command: F) -> F:
     )(command)
 
 
-def output_options(command: F) -> F:
-    """`--format` and the logging switches shared by every command."""
-    from spcs_registry_agent.logs import LOG_FORMATS
-    from spcs_registry_agent.output import OUTPUT_FORMATS
+_FORMAT_OPTION = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(OUTPUT_FORMATS, case_sensitive=False),
+    default="TABLE",
+    help="Specifies the output format.",
+)
+_DEBUG_OPTION = click.option("--debug", is_flag=True, help="Show log entries from debug level up.")
+_DOCKER_CONFIG_OPTION = click.option(
+    "--docker-config",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Docker config directory. Default: $DOCKER_CONFIG, else ~/.docker.",
+)
 
+
+def _log_format_option(default: str | None) -> Callable[[F], F]:
+    return click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS, case_sensitive=False),
+        default=default,
+        help="Logs on stderr: console on a terminal, JSON lines otherwise."
+        + ("" if default else " Default: the config file's, else auto."),
+    )
+
+
+def _verify_option(default: str | None) -> Callable[[F], F]:
+    from spcs_registry_agent.verify import VERIFY_MODES
+
+    return click.option(
+        "--verify",
+        type=click.Choice(VERIFY_MODES),
+        default=default,
+        help="Check new credentials before storing them: through the Docker engine, the "
+        "registry's own token handshake (no engine needed), the engine when one answers "
+        "(auto), or not at all."
+        + (f" Default: {default}." if default else " Default: the config file's, else auto."),
+    )
+
+
+def output_options(command: F) -> F:
+    """`--format` and the logging switches shared by the one-shot commands."""
     for decorator in (
-        click.option(
-            "--log-format",
-            type=click.Choice(LOG_FORMATS, case_sensitive=False),
-            default="auto",
-            show_default=True,
-            help="Logs on stderr: console on a terminal, JSON lines otherwise.",
-        ),
+        _log_format_option("auto"),
         click.option("--silent", is_flag=True, help="Turn off all output but the result."),
-        click.option("--debug", is_flag=True, help="Show log entries from debug level up."),
+        _DEBUG_OPTION,
         click.option("--verbose", "-v", is_flag=True, help="Show log entries from info level up."),
-        click.option(
-            "--format",
-            "output_format",
-            type=click.Choice(OUTPUT_FORMATS, case_sensitive=False),
-            default="TABLE",
-            help="Specifies the output format.",
-        ),
+        _FORMAT_OPTION,
     ):
         command = decorator(command)
     return command
@@ -157,12 +184,7 @@ def url(private_link: bool, **options: Any) -> None:
 def docker_options(command: F) -> F:
     """Where credentials go (`--registry`, `--private-link`, `--docker-config`)."""
     for decorator in (
-        click.option(
-            "--docker-config",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=None,
-            help="Docker config directory. Default: $DOCKER_CONFIG, else ~/.docker.",
-        ),
+        _DOCKER_CONFIG_OPTION,
         click.option("--private-link", is_flag=True, help="Use the private-link registry host."),
         click.option(
             "--registry",
@@ -175,23 +197,9 @@ def docker_options(command: F) -> F:
     return command
 
 
-def _verify_option(command: F) -> F:
-    from spcs_registry_agent.verify import VERIFY_MODES
-
-    return click.option(
-        "--verify",
-        type=click.Choice(VERIFY_MODES),
-        default="auto",
-        show_default=True,
-        help="Check the credentials before storing them: through the Docker engine, the "
-        "registry's own token handshake (no engine needed), the engine when one answers "
-        "(auto), or not at all.",
-    )(command)
-
-
 @cli.command()
 @docker_options
-@_verify_option
+@_verify_option("auto")
 @connection_options
 @output_options
 def login(
@@ -305,26 +313,11 @@ _STATE_DIR_OPTION = click.option(
     multiple=True,
     help="A snowflake-cli connection to keep logged in (repeatable); replaces the file's.",
 )
-@click.option(
-    "--docker-config",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Docker config directory. Default: $DOCKER_CONFIG, else ~/.docker.",
-)
-@click.option(
-    "--verify",
-    type=click.Choice(("auto", "engine", "registry", "none")),
-    default=None,
-    help="How to check new credentials before writing them. Default: auto.",
-)
+@_DOCKER_CONFIG_OPTION
+@_verify_option(None)
 @_STATE_DIR_OPTION
-@click.option(
-    "--log-format",
-    type=click.Choice(("auto", "console", "json"), case_sensitive=False),
-    default=None,
-    help="Logs on stderr: console on a terminal, JSON lines otherwise.",
-)
-@click.option("--debug", is_flag=True, help="Show log entries from debug level up.")
+@_log_format_option(None)
+@_DEBUG_OPTION
 def run(
     config_path: Path | None,
     connections: tuple[str, ...],
@@ -353,20 +346,14 @@ def run(
         )
 
     config = load()
-    logs.configure(logging.DEBUG if debug else logging.INFO, config.log_format)  # type: ignore[arg-type]
+    logs.configure(logging.DEBUG if debug else logging.INFO, config.log_format)
     sys.exit(serve(config, load, env, home))
 
 
 @cli.command()
 @_CONFIG_OPTION
 @_STATE_DIR_OPTION
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(("TABLE", "JSON"), case_sensitive=False),
-    default="TABLE",
-    help="Specifies the output format.",
-)
+@_FORMAT_OPTION
 def status(config_path: Path | None, state_dir: Path | None, output_format: str) -> None:
     """Show what the running agent holds; exit 0 only if every target has valid credentials."""
     import time

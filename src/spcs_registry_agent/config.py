@@ -14,49 +14,33 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+from spcs_registry_agent.connections import CONTROL_FLAGS, FLAG_KEYS, is_secret_key
 from spcs_registry_agent.errors import ConfigError
+from spcs_registry_agent.logs import LOG_FORMATS, LogFormat
 from spcs_registry_agent.policy import Policy
+from spcs_registry_agent.verify import VERIFY_MODES, VerifyMode
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
+OnExit = Literal["keep", "revoke"]
 APP_NAME = "spcs-registry-agent"
-VERIFY_MODES = ("auto", "engine", "registry", "none")
-LOG_FORMATS = ("auto", "console", "json")
-ON_EXIT = ("keep", "revoke")
+ON_EXIT: tuple[OnExit, ...] = ("keep", "revoke")
 MAX_HEARTBEAT = 30.0
 
-# Connection keys an inline [registry.connection] table may carry: snowflake-cli's connection
-# flags, resolved like `-x/--temporary-connection` (plus generic SNOWFLAKE_* env).
-CONNECTION_KEYS = frozenset(
-    {
-        "account",
-        "user",
-        "password",
-        "host",
-        "port",
-        "protocol",
-        "authenticator",
-        "workload_identity_provider",
-        "private_key_file",
-        "token",
-        "token_file_path",
-        "database",
-        "schema",
-        "role",
-        "warehouse",
-    }
-)
-SECRET_CONNECTION_KEYS = frozenset({"password", "token"})
+#: Keys an inline [registry.connection] table may carry: snowflake-cli's connection flags,
+#: resolved like `-x/--temporary-connection` (plus generic SNOWFLAKE_* env).
+CONNECTION_KEYS = FLAG_KEYS - CONTROL_FLAGS
 PATH_CONNECTION_KEYS = frozenset({"private_key_file", "token_file_path"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
 
 ConnectionValue = str | int | bool
 _T = TypeVar("_T")
+_Choice = TypeVar("_Choice", bound=str)
 
 
 @dataclass(frozen=True, repr=False)
@@ -74,7 +58,7 @@ class Target:
         return dict(self.inline)
 
     def __repr__(self) -> str:
-        inline = {k: "****" if k in SECRET_CONNECTION_KEYS else v for k, v in self.inline}
+        inline = {k: "****" if is_secret_key(k) else v for k, v in self.inline}
         return (
             f"Target(name={self.name!r}, connection={self.connection!r}, inline={inline!r}, "
             f"host={self.host!r}, private_link={self.private_link!r})"
@@ -87,10 +71,10 @@ class AgentConfig:
 
     source: Path | None = None
     docker_config: Path | None = None  # None = $DOCKER_CONFIG or ~/.docker
-    verify: str = "auto"
-    log_format: str = "auto"
+    verify: VerifyMode = "auto"
+    log_format: LogFormat = "auto"
     state_dir: Path | None = None  # None = default_state_dir()
-    on_exit: str = "keep"
+    on_exit: OnExit = "keep"
     heartbeat: float = MAX_HEARTBEAT
     policy: Policy = field(default_factory=Policy)
     targets: tuple[Target, ...] = ()
@@ -207,8 +191,12 @@ def _agent_settings(check: _Checker, raw: object, base: AgentConfig) -> AgentCon
     ) -> Callable[[object, str], float]:
         return lambda value, path: check.number(value, path, low, high, low_open=low_open)
 
-    def choice(choices: Sequence[str]) -> Callable[[object, str], str]:
-        return lambda value, path: check.string(value, path, choices)
+    def choice(choices: Sequence[_Choice]) -> Callable[[object, str], _Choice]:
+        def read(value: object, path: str) -> _Choice:
+            text = check.string(value, path, choices)
+            return next(c for c in choices if c == text)  # the typed member
+
+        return read
 
     def optional_path(value: object, path: str) -> Path | None:
         return check.path(value, path)
@@ -251,7 +239,7 @@ def _inline_connection(
             items.append((key, int(check.number(value, key_path, 1, 65535))))
         else:
             items.append((key, check.string(value, key_path)))
-    secrets = SECRET_CONNECTION_KEYS.intersection(table)
+    secrets = {key for key in table if is_secret_key(key)}
     if secrets and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise check.fail(
             f"{path}.{min(secrets)}",

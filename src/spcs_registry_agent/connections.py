@@ -65,7 +65,8 @@ FLAG_KEYS = frozenset(
         "diag_allowlist_path",
     }
 )
-_CONTROL_FLAGS = frozenset({"mfa_passcode", "enable_diag", "diag_log_path", "diag_allowlist_path"})
+#: Flags that steer the connect call rather than name a connection key.
+CONTROL_FLAGS = frozenset({"mfa_passcode", "enable_diag", "diag_log_path", "diag_allowlist_path"})
 
 #: Keys whose values are secrets: masked in repr/str and `safe_params`. Extra keys are
 #: judged by `is_secret_key`, so an unknown `proxy_password` is masked too.
@@ -323,7 +324,7 @@ def resolve_connection(
         label = name or _default_name(loaded, env)
         params = _from_file(loaded, label, env)
     for key, value in given.items():
-        if key not in _CONTROL_FLAGS:
+        if key not in CONTROL_FLAGS:
             params[_ALIASES.get(key, key)] = value
     for key in _GENERIC_ENV_KEYS:
         value = env.get(f"SNOWFLAKE_{key.upper()}")
