@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -18,18 +17,9 @@ from support.fake_snowflake import (
     KeyPair,
     SnowflakeHome,
 )
+from support.processes import run_cli
 
 PAT = "pat-secret-value-9f8e7d"
-
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "spcs_registry_agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int, *parts: str) -> None:
@@ -41,6 +31,18 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int, *pa
     assert "Traceback" not in done.stderr
     for part in parts:
         assert part in lines[0]
+
+
+def add_key_pair_connection(home: SnowflakeHome, keys: KeyPair, *, passphrase: str) -> None:
+    """Connection `keys`: the user's encrypted key file and the given passphrase."""
+    home.add_connection(
+        "keys",
+        user=keys.user,
+        password=None,
+        authenticator="SNOWFLAKE_JWT",
+        private_key_file=str(keys.encrypted_private_key_path),
+        private_key_file_pwd=passphrase,
+    )
 
 
 def free_port() -> int:
@@ -90,14 +92,7 @@ def test_unreadable_key_file_is_a_usage_error(snowflake_home: SnowflakeHome) -> 
 def test_wrong_key_passphrase_is_a_usage_error(
     snowflake_home: SnowflakeHome, key_pair_user: KeyPair, fake_snowflake: FakeSnowflake
 ) -> None:
-    snowflake_home.add_connection(
-        "keys",
-        user=key_pair_user.user,
-        password=None,
-        authenticator="SNOWFLAKE_JWT",
-        private_key_file=str(key_pair_user.encrypted_private_key_path),
-        private_key_file_pwd="not-the-passphrase",
-    )
+    add_key_pair_connection(snowflake_home, key_pair_user, passphrase="not-the-passphrase")
     done = run_cli("token", "-c", "keys")
     assert_one_line_error(done, 2, "wrong passphrase")
     assert "not-the-passphrase" not in done.stderr
@@ -269,14 +264,7 @@ def test_no_secret_in_any_output_at_debug(
     snowflake_home.add_connection(
         "pat", user="patuser", password=None, authenticator="PROGRAMMATIC_ACCESS_TOKEN", token=PAT
     )
-    snowflake_home.add_connection(
-        "keys",
-        user=key_pair_user.user,
-        password=None,
-        authenticator="SNOWFLAKE_JWT",
-        private_key_file=str(key_pair_user.encrypted_private_key_path),
-        private_key_file_pwd=key_pair_user.passphrase,
-    )
+    add_key_pair_connection(snowflake_home, key_pair_user, passphrase=key_pair_user.passphrase)
     key_text = key_pair_user.encrypted_private_key_path.read_text()
     key_lines = [line for line in key_text.splitlines() if "-----" not in line]
     captured: list[str] = []

@@ -5,24 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from support.fake_snowflake import FakeSnowflake, SnowflakeHome
+from support.processes import CLI, run_cli
 
 from spcs_registry_agent.state import TargetState, write_state
-
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "spcs_registry_agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_run_rejects_a_bad_config_with_exit_2(tmp_path: Path) -> None:
@@ -48,7 +38,7 @@ def test_run_writes_credentials_and_stops_on_sigterm(
 ) -> None:
     docker, state = tmp_path / "docker", tmp_path / "state"
     agent = subprocess.Popen(
-        [sys.executable, "-m", "spcs_registry_agent", "run", "-c", "fake",
+        [*CLI, "run", "-c", "fake",
          "--docker-config", str(docker), "--state-dir", str(state), "--verify", "none",
          "--log-format", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from spcs_registry_agent.config import (
+    AGENT_KEYS,
     AgentConfig,
     Target,
     default_config_path,
@@ -286,17 +287,7 @@ def test_example_config_loads_and_documents_every_key() -> None:
     config = parse(text, env={"CREDENTIALS_DIRECTORY": "/run/credentials/x"})
     assert config.targets, "the example should show at least one [[registry]]"
     for key in (
-        "docker_config",
-        "verify",
-        "log_format",
-        "state_dir",
-        "on_exit",
-        "heartbeat",
-        "refresh_fraction",
-        "refresh_jitter",
-        "refresh_min_margin",
-        "backoff_initial",
-        "backoff_max",
+        *AGENT_KEYS,
         "name",
         "connection",
         "host",

@@ -164,7 +164,8 @@ def _kind(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-_AGENT_KEYS = (
+#: Every key of the [agent] table.
+AGENT_KEYS = (
     "docker_config",
     "verify",
     "log_format",
@@ -181,7 +182,7 @@ _AGENT_KEYS = (
 
 def _agent_settings(check: _Checker, raw: object, base: AgentConfig) -> AgentConfig:
     agent = check.table(raw, "agent")
-    check.only(agent, _AGENT_KEYS, "agent")
+    check.only(agent, AGENT_KEYS, "agent")
 
     def get(key: str, read: Callable[[object, str], _T], default: _T) -> _T:
         return read(agent[key], f"agent.{key}") if key in agent else default

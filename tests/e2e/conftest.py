@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from support.components import (
     running_registry,
 )
 from support.fake_snowflake import DEFAULT_REPOSITORY, FakeSnowflake, SnowflakeHome
+from support.processes import CLI
 from support.token_realm import TokenRealm
 
 COMMAND_TIMEOUT = 120
@@ -118,7 +118,7 @@ class E2E:
         self, *args: str, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         """The real CLI, as a user runs it."""
-        return self.run(sys.executable, "-m", "spcs_registry_agent", *args, env=env)
+        return self.run(*CLI, *args, env=env)
 
     def login(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`login --registry <the test registry>`; must succeed."""

@@ -19,7 +19,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -33,6 +32,7 @@ import pytest
 import snowflake.connector
 from support.components import missing_binaries, running_registry
 from support.fake_snowflake import DEFAULT_PASSWORD, FakeSnowflake
+from support.processes import CLI
 from support.token_realm import TokenRealm
 
 from spcs_registry_agent.agent import Agent, LiveBackend
@@ -148,7 +148,7 @@ def agent_env(root: Path, notify: Path) -> dict[str, str]:
 def start_agent(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "spcs_registry_agent", "run", "--config", str(config)],
+            [*CLI, "run", "--config", str(config)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=out,
@@ -293,7 +293,7 @@ def test_agent_keeps_docker_logged_in_through_faults_reload_and_stop(tmp_path: P
             assert read_config(authfile)["auths"][flaky_host] == flaky_written, "kept in outage"
             time.sleep(10)
             status = subprocess.run(
-                [sys.executable, "-m", "spcs_registry_agent", "status", "--config", str(config),
+                [*CLI, "status", "--config", str(config),
                  "--format", "JSON"],
                 env=env, capture_output=True, text=True, check=False,
             )  # fmt: skip
