@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from support.fake_snowflake import (
@@ -257,9 +258,13 @@ def test_server_errors_fail_with_one_line(
 
 @pytest.mark.connector
 def test_no_secret_in_any_output_at_debug(
-    snowflake_home: SnowflakeHome, fake_snowflake: FakeSnowflake, key_pair_user: KeyPair
+    snowflake_home: SnowflakeHome,
+    fake_snowflake: FakeSnowflake,
+    key_pair_user: KeyPair,
+    tmp_path: Path,
 ) -> None:
-    """Password, PAT and key-pair logins at --debug: only `token`'s stdout holds a token."""
+    """Password, PAT and key-pair logins at --debug, through every one-shot command:
+    only `token`'s stdout holds a token."""
     fake_snowflake.add_user("patuser", pat=PAT)
     snowflake_home.add_connection(
         "pat", user="patuser", password=None, authenticator="PROGRAMMATIC_ACCESS_TOKEN", token=PAT
@@ -279,6 +284,13 @@ def test_no_secret_in_any_output_at_debug(
             printed_tokens.append(json.loads(done.stdout)["token"])
             captured.append(done.stderr)
             done = run_cli("url", "-c", name, "--debug", "--log-format", log_format)
+            assert done.returncode == 0, done.stderr
+            captured += [done.stdout, done.stderr]
+            docker = ("--registry", "127.0.0.1:5999", "--docker-config", str(tmp_path / name))
+            done = run_cli("login", "-c", name, "--debug", "--verify", "none", *docker)
+            assert done.returncode == 0, done.stderr
+            captured += [done.stdout, done.stderr]
+            done = run_cli("logout", "--revoke", "-c", name, "--debug", *docker)
             assert done.returncode == 0, done.stderr
             captured += [done.stdout, done.stderr]
     secrets = [*fake_snowflake.secrets(), DEFAULT_PASSWORD, PAT, key_pair_user.passphrase]
