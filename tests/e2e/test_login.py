@@ -102,30 +102,24 @@ def test_discovered_registry_host_gets_the_entry(e2e: E2E) -> None:
     assert json.loads(config_path(e2e).read_text())["auths"] == {}
 
 
-def test_credsstore_pass_holds_the_secret_and_docker_pulls(e2e: E2E) -> None:
-    before = write_config(e2e, {"credsStore": "pass", "auths": {}})
+@pytest.mark.parametrize("configured", ["credsStore", "credHelpers"])
+def test_pass_helper_holds_the_secret_and_docker_pulls(e2e: E2E, configured: str) -> None:
+    """`credsStore` for every host, or `credHelpers` for this host only: the secret goes to
+    pass, config.json stays byte-for-byte as it was, and docker finds the credentials."""
+    if configured == "credsStore":
+        config: dict[str, Any] = {"credsStore": "pass", "auths": {}}
+    else:
+        config = {"credHelpers": {e2e.registry.host: "pass"}, "auths": {"other:5000": OTHER_ENTRY}}
+    before = write_config(e2e, config)
     e2e.login()
     assert config_path(e2e).read_bytes() == before  # no `auth` written anywhere
     assert len(e2e.passwords.entries()) == 1
-    ref = e2e.push_tiny("e2e/tiny:credsstore")
+    ref = e2e.push_tiny(f"e2e/tiny:{configured.lower()}")
     e2e.docker("rmi", ref)
     e2e.docker("pull", ref)
     assert e2e.cli("logout", "--registry", e2e.registry.host).returncode == 0
     assert e2e.passwords.entries() == []
     assert config_path(e2e).read_bytes() == before
-
-
-def test_credhelpers_pass_for_that_host_only(e2e: E2E) -> None:
-    config = {"credHelpers": {e2e.registry.host: "pass"}, "auths": {"other:5000": OTHER_ENTRY}}
-    before = write_config(e2e, config)
-    e2e.login()
-    assert config_path(e2e).read_bytes() == before
-    assert len(e2e.passwords.entries()) == 1
-    ref = e2e.push_tiny("e2e/tiny:credhelpers")
-    e2e.docker("rmi", ref)
-    e2e.docker("pull", ref)
-    assert e2e.cli("logout", "--registry", e2e.registry.host).returncode == 0
-    assert e2e.passwords.entries() == []
 
 
 def test_logout_removes_only_our_entry(e2e: E2E) -> None:
