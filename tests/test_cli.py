@@ -224,7 +224,7 @@ def test_verbose_logs_info_events_as_json_lines_on_stderr(snowflake_home: Snowfl
     assert done.returncode == 0
     assert done.stdout == DEFAULT_REGISTRY_HOST + "\n"
     events = [json.loads(line) for line in done.stderr.splitlines()]
-    assert "snowflake_login_done" in {event["event"] for event in events}
+    assert "snowflake_logged_in" in {event["event"] for event in events}
     assert {event["level"] for event in events} <= {"info", "warning"}
 
 

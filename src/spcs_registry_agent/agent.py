@@ -473,26 +473,15 @@ class Agent:
         connector spent retrying (4.x rides out a 503 outage inside one call).
         """
         if live.session is None:
-            live.session = self._login(live)
+            live.session = self.backend.login(live.connection)
         try:
             token = live.session.issue_token()
         except SessionGoneError as error:
             log.info("snowflake_session_gone", target=live.name, reason=str(error))
             self._close(live, revoke=False)
-            live.session = self._login(live)
+            live.session = self.backend.login(live.connection)
             token = live.session.issue_token()
         return token, self.clock.time()
-
-    def _login(self, live: _Target) -> SessionLike:
-        started = self.clock.monotonic()
-        session = self.backend.login(live.connection)
-        log.info(
-            "snowflake_logged_in",
-            target=live.name,
-            connection=live.connection_label,
-            duration_ms=round((self.clock.monotonic() - started) * 1000),
-        )
-        return session
 
     def _discover_host(self, live: _Target) -> str:
         assert live.session is not None  # _issue just made sure

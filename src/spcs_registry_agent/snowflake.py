@@ -98,14 +98,13 @@ class Session:
             "temporary connection" if connection.name is None else f"connection {connection.name!r}"
         )
         kwargs = _connect_arguments(connection.params, login_timeout, request_timeout)
-        log.info("snowflake_login", connection=name)
         started = time.monotonic()
         with _connector_errors(name, "login failed"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             handle = snowflake.connector.connect(**kwargs)
         log.info(
-            "snowflake_login_done",
-            connection=name,
+            "snowflake_logged_in",
+            connection=connection.name or "temporary",
             duration_ms=round((time.monotonic() - started) * 1000),
         )
         return cls(name, handle)
