@@ -23,12 +23,13 @@ from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
 from structlog.testing import capture_logs
 
-from spcs_registry_agent.agent import Agent, SessionLike, run_until_signalled
+from spcs_registry_agent.agent import Agent, run_until_signalled
 from spcs_registry_agent.config import AgentConfig, Target
 from spcs_registry_agent.connections import ResolvedConnection
 from spcs_registry_agent.errors import ConfigError
 from spcs_registry_agent.notify import Notifier
 from spcs_registry_agent.policy import ClockSample, Policy
+from spcs_registry_agent.sessions import SessionLike
 from spcs_registry_agent.snowflake import RegistryToken, SessionGoneError, SnowflakeError
 from spcs_registry_agent.state import read_states
 
@@ -107,7 +108,10 @@ class FakeBackend:
             if target.name in self.unknown:
                 raise ConfigError(f"target {target.name}: connection not found")
         return {
-            t.name: ResolvedConnection(t.name, {"account": "acct", "user": t.name}) for t in targets
+            t.name: ResolvedConnection(
+                t.connection or t.name, {"account": "acct", "user": t.connection or t.name}
+            )
+            for t in targets
         }
 
     def login(self, connection: ResolvedConnection) -> SessionLike:
@@ -223,6 +227,20 @@ def make_agent(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
         for agent in agents:
             if agent.scheduler.running:
                 agent.stop()
+
+
+def test_targets_sharing_a_connection_share_one_login(
+    make_agent: Callable[..., Harness],
+) -> None:
+    public = Target(name="public", connection="prod")
+    private = Target(name="private", connection="prod", private_link=True)
+    h = make_agent(targets=(public, private))
+    h.wait_issued("prod", 2)
+    assert h.backend.logins == Counter({"prod": 1})
+    assert h.target("public")["logged_in"]
+    h.agent.reload(replace(h.agent.config, targets=(public,)))
+    assert h.backend.closed == [], "the session still serves the remaining target"
+    assert h.target("public")["logged_in"]
 
 
 def test_start_logs_in_every_target_once_and_writes(make_agent: Callable[..., Harness]) -> None:

@@ -11,8 +11,8 @@ tests can move either clock and call `wakeup()`.
 Why the details matter:
 - `misfire_grace_time=None`: after a suspend a late job must still run (APScheduler's
   default drops a date job more than 1 s late - the refresh would be lost for good).
-- One kept Snowflake session per target: tokens are ISSUEd on it; logging in again only
-  when the server says the session is gone (master token expired, revoked).
+- One kept Snowflake session per connection (sessions.py): tokens are ISSUEd on it; logging
+  in again only when the server says the session is gone (master token expired, revoked).
 - A failed refresh never touches the credentials already written.
 - The heartbeat compares wall and monotonic time: a suspend/resume or a clock step makes
   every target refresh at once instead of trusting a schedule computed before the jump.
@@ -46,7 +46,8 @@ from spcs_registry_agent.config import AgentConfig, Target, default_state_dir
 from spcs_registry_agent.connections import ResolvedConnection
 from spcs_registry_agent.errors import AgentError, ConfigError
 from spcs_registry_agent.notify import Notifier, watchdog_interval
-from spcs_registry_agent.snowflake import RegistryToken, SessionGoneError, SnowflakeError
+from spcs_registry_agent.sessions import SessionLike, SessionPool
+from spcs_registry_agent.snowflake import RegistryToken, SnowflakeError
 from spcs_registry_agent.state import TargetState, prune_states, remove_state, write_state
 
 if TYPE_CHECKING:
@@ -80,14 +81,6 @@ class SystemClock:
 
     def sample(self) -> policy.ClockSample:
         return policy.ClockSample(time.time(), time.monotonic())
-
-
-class SessionLike(Protocol):
-    """What the agent needs of snowflake.Session (fakes implement it in tests)."""
-
-    def issue_token(self) -> RegistryToken: ...
-    def registry_host(self, *, private_link: bool = False) -> str: ...
-    def close(self, *, revoke: bool = False) -> None: ...
 
 
 class Backend(Protocol):
@@ -160,7 +153,6 @@ class _Target:
 
     target: Target
     connection: ResolvedConnection
-    session: SessionLike | None = None
     host: str | None = None
     expires_at: float | None = None
     last_refresh: float | None = None
@@ -208,6 +200,7 @@ class Agent:
         self.clock: Clock = clock or SystemClock()
         self.rand = rand
         self.notifier = notifier or Notifier(env)
+        self.sessions = SessionPool(backend.login)
         self.state_dir = config.state_dir or default_state_dir(env, home)
         self._watchdog = watchdog_interval(env, os.getpid())
         self._targets: dict[str, _Target] = {}
@@ -315,6 +308,7 @@ class Agent:
 
     def _add(self, target: Target, connection: ResolvedConnection) -> None:
         live = _Target(target, connection, host=target.host)
+        self.sessions.join(target.name, connection)
         with self._lock:
             self._targets[target.name] = live
         self._run_at(live, self.clock.time())
@@ -353,20 +347,12 @@ class Agent:
                 log.info("credentials_erased", target=live.name, registry=live.host, found=erased)
             except AgentError as error:
                 log.error("credentials_erase_failed", target=live.name, reason=str(error))
-        if live.session is not None:
-            self._close(live, revoke=True)
+        self._close(live, revoke=True)
         remove_state(self.state_dir, live.name)
 
     def _close(self, live: _Target, *, revoke: bool) -> None:
-        session, live.session = live.session, None
-        if session is None:
-            return
-        try:
-            session.close(revoke=revoke)
-            if revoke:
-                log.info("snowflake_session_revoked", target=live.name)
-        except AgentError as error:
-            log.warning("snowflake_close_failed", target=live.name, reason=str(error))
+        """Let go of the target's session; the last target using it closes (or revokes) it."""
+        self.sessions.leave(live.name, live.connection, revoke=revoke)
 
     # ---- scheduling -----------------------------------------------------------------------
 
@@ -472,20 +458,13 @@ class Agent:
         by half a round trip; the time the request started can be off by as long as the
         connector spent retrying (4.x rides out a 503 outage inside one call).
         """
-        if live.session is None:
-            live.session = self.backend.login(live.connection)
-        try:
-            token = live.session.issue_token()
-        except SessionGoneError as error:
-            log.info("snowflake_session_gone", target=live.name, reason=str(error))
-            self._close(live, revoke=False)
-            live.session = self.backend.login(live.connection)
-            token = live.session.issue_token()
+        token = self.sessions.issue_token(live.connection)
         return token, self.clock.time()
 
     def _discover_host(self, live: _Target) -> str:
-        assert live.session is not None  # _issue just made sure
-        live.host = live.session.registry_host(private_link=live.target.private_link)
+        live.host = self.sessions.registry_host(
+            live.connection, private_link=live.target.private_link
+        )
         return live.host
 
     def _succeeded(
@@ -604,7 +583,7 @@ class Agent:
                 "failures": t.failures,
                 "last_error": t.last_error,
                 "written_to": t.written_to,
-                "logged_in": t.session is not None,
+                "logged_in": self.sessions.logged_in(t.connection),
             }
             for t in targets
         }
