@@ -380,6 +380,7 @@ def test_session_gone_means_exactly_one_new_login(make_agent: Callable[..., Harn
 def test_zero_validity_token_is_a_failure(make_agent: Callable[..., Harness]) -> None:
     h = make_agent(backend=FakeBackend(validity=0))
     wait_for(lambda: h.target("prod")["failures"] == 1, "failure")
+    wait_for(lambda: not h.agent.busy(), "the failure logged")
     assert HOST not in h.backend.stored
     assert "already expired" in h.target("prod")["last_error"]
 
