@@ -14,7 +14,6 @@ from spcs_registry_agent.policy import (
     clock_jumped,
     clock_skew,
     effective_margin,
-    is_due,
     is_expired,
     refresh_at,
     retry_at,
@@ -142,12 +141,6 @@ def test_expiry_is_at_the_instant() -> None:
     assert is_expired(T0, T0)
     assert is_expired(T0 + 1, T0)
     assert is_expired(T0, None)
-
-
-def test_due_is_at_the_instant() -> None:
-    assert not is_due(T0 - 0.001, T0)
-    assert is_due(T0, T0)
-    assert is_due(T0, None)
 
 
 def test_no_skew_when_both_clocks_advance_together() -> None:

@@ -48,7 +48,13 @@ from spcs_registry_agent.errors import AgentError, ConfigError
 from spcs_registry_agent.notify import Notifier, watchdog_interval
 from spcs_registry_agent.sessions import SessionLike, SessionPool
 from spcs_registry_agent.snowflake import RegistryToken, SnowflakeError
-from spcs_registry_agent.state import TargetState, prune_states, remove_state, write_state
+from spcs_registry_agent.state import (
+    TargetState,
+    iso_time,
+    prune_states,
+    remove_state,
+    write_state,
+)
 
 if TYPE_CHECKING:
     pass
@@ -172,12 +178,6 @@ class _Target:
     @property
     def connection_label(self) -> str:
         return self.target.connection or self.connection.name or "inline"
-
-
-def _iso(at: float | None) -> str | None:
-    if at is None:
-        return None
-    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
 
 
 class Agent:
@@ -482,8 +482,8 @@ class Agent:
             target=live.name,
             connection=live.connection_label,
             registry=live.host,
-            expires_at=_iso(expires_at),
-            next_refresh=_iso(live.next_refresh),
+            expires_at=iso_time(expires_at),
+            next_refresh=iso_time(live.next_refresh),
             written_to=live.written_to,
             duration_ms=round((self.clock.monotonic() - started) * 1000),
         )
@@ -503,8 +503,8 @@ class Agent:
             registry=live.host,
             reason=reason,
             failures=live.failures,
-            retry_at=_iso(live.next_refresh),
-            held="expired" if expired else f"valid until {_iso(live.expires_at)}",
+            retry_at=iso_time(live.next_refresh),
+            held="expired" if expired else f"valid until {iso_time(live.expires_at)}",
             duration_ms=round((self.clock.monotonic() - started) * 1000),
         )
 
@@ -552,7 +552,7 @@ class Agent:
             parts.append(f"failing: {', '.join(failing)}")
         expiries = [t.expires_at for t in targets if t.expires_at is not None]
         if expiries:
-            parts.append(f"soonest expiry {_iso(min(expiries))}")
+            parts.append(f"soonest expiry {iso_time(min(expiries))}")
         return "; ".join(parts)
 
     def _report(self) -> None:

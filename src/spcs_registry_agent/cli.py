@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+import structlog
 
 from spcs_registry_agent import __version__
 from spcs_registry_agent.errors import AgentError, ConfigError
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from spcs_registry_agent.verify import VerifyMode
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = structlog.get_logger(__name__)
 
 #: Connection flags: (option names, connection key, help). Same names and
 #: aliases as `snow`, so existing command lines work unchanged.
@@ -227,7 +230,7 @@ def login(
         host, docker_credentials.USERNAME, password, verify, env=os.environ
     )
     sink = docker_credentials.store_credentials(host, password, config_dir)
-    _log().info(
+    log.info(
         "docker_login_done",
         registry=host,
         sink=sink,
@@ -281,12 +284,6 @@ def logout(
         + revoked,
         options,
     )
-
-
-def _log() -> Any:
-    import structlog
-
-    return structlog.get_logger(__name__)
 
 
 _CONFIG_OPTION = click.option(

@@ -86,11 +86,6 @@ def is_expired(now: float, expires_at: float | None) -> bool:
     return expires_at is None or now >= expires_at
 
 
-def is_due(now: float, due_at: float | None) -> bool:
-    """A refresh is due once its time has come; no planned time means due now."""
-    return due_at is None or now >= due_at
-
-
 @dataclass(frozen=True)
 class ClockSample:
     """Wall-clock and monotonic readings taken together."""

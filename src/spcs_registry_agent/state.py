@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from spcs_registry_agent.errors import AgentError
+from spcs_registry_agent.policy import is_expired
 
 SUFFIX = ".json"
 _TIMES = ("expires_at", "last_refresh", "next_refresh", "updated_at")
@@ -41,10 +42,11 @@ class TargetState:
 
     def healthy(self, now: float) -> bool:
         """Holds credentials that are still valid: what a healthcheck cares about."""
-        return self.expires_at is not None and now < self.expires_at
+        return not is_expired(now, self.expires_at)
 
 
-def _iso(value: float | None) -> str | None:
+def iso_time(value: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC, as files, `status` and log events show times."""
     if value is None:
         return None
     return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
@@ -62,7 +64,7 @@ def to_json(state: TargetState) -> dict[str, Any]:
     """The file's (and `status --format JSON`'s) shape: times as ISO 8601 UTC."""
     data = asdict(state)
     for key in _TIMES:
-        data[key] = _iso(data[key])
+        data[key] = iso_time(data[key])
     return data
 
 
